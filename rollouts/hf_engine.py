@@ -1,0 +1,72 @@
+"""transformers `generate` as the rollout engine: the fallback with the same interface."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from rlvr.rollouts.base import Rollout, Sampling
+
+
+class HFEngine:
+    def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 64, **_ignored):
+        from rlvr.models import load_policy, load_tokenizer
+
+        self.model = load_policy(model_path, dtype).eval()
+        self.tokenizer = load_tokenizer(model_path)
+        self.batch_size = batch_size
+        self.eos_ids = {self.tokenizer.eos_token_id}
+        if isinstance(self.model.generation_config.eos_token_id, list):
+            self.eos_ids |= set(self.model.generation_config.eos_token_id)
+
+    @torch.no_grad()
+    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling, n: int = 1) -> list[Rollout]:
+        pad = self.tokenizer.pad_token_id
+        greedy = sampling.temperature == 0
+        rollouts: list[Rollout] = []
+        with torch.random.fork_rng():
+            torch.manual_seed(sampling.seed % (2**63))
+            for start in range(0, len(prompt_token_ids), self.batch_size):
+                chunk = prompt_token_ids[start : start + self.batch_size]
+                width = max(len(p) for p in chunk)
+                input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk])
+                attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attn,
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=not greedy,
+                    temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p,
+                    top_k=None,
+                    num_return_sequences=n,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(self.eos_ids),
+                    output_logits=True,
+                    return_dict_in_generate=True,
+                )
+                # raw (temperature 1) log-softmax of the logits at each generated position
+                logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B*n, T, V]
+                new = out.sequences[:, width:]
+                for row in range(new.shape[0]):
+                    tokens, reason = [], "length"
+                    for t in new[row].tolist():
+                        tokens.append(t)
+                        if t in self.eos_ids:
+                            reason = "stop"
+                            break
+                    lps = [logp[row, j, t].item() for j, t in enumerate(tokens)]
+                    prompt = chunk[row // n]
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    rollouts.append(Rollout(list(prompt), tokens, text, lps, reason))
+        return rollouts
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        state = dict(named_tensors)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if m not in ("lm_head.weight",)]:
+            raise RuntimeError(f"weights do not fit the engine's model: missing {missing}, unexpected {unexpected}")
+
+    def close(self) -> None:
+        self.model = None
