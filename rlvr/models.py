@@ -74,7 +74,7 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int) -> torch.nn.Mod
     config = LlamaConfig(head_dim=head_dim, **common) if cfg.arch == "llama" else Qwen2Config(**common)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model
 
 
@@ -89,13 +89,24 @@ def load_tokenizer(path: str):
     return tok
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """PPO's ratios and value targets assume a deterministic forward pass (the token-classification
+    head adds dropout 0.1 by default)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def load_policy(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(str(path), torch_dtype=DTYPES[dtype])
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    disable_dropout(model)
+    return model
 
 
 def load_critic(path: str | Path, dtype: str = "float32", from_policy: bool = False) -> torch.nn.Module:
     """The value model. `from_policy`: a fresh scalar head (zeroed, so V starts at 0) on the policy's trunk."""
-    critic = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, torch_dtype=DTYPES[dtype])
+    critic = AutoModelForTokenClassification.from_pretrained(str(path), num_labels=1, dtype=DTYPES[dtype])
+    disable_dropout(critic)
     if from_policy:
         head = critic.score if hasattr(critic, "score") else critic.classifier
         with torch.no_grad():

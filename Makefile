@@ -1,0 +1,23 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Each creates/updates .venv from the project's own files first (scripts/setup_env.sh).
+PY := .venv/bin/python
+
+.PHONY: venv demo test test-slow bench clean
+
+venv:
+	@bash scripts/setup_env.sh
+
+demo: venv
+	.venv/bin/rlvr train --config experiments/tiny/kinds.yaml --resume
+
+test: venv
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-slow: venv
+	$(PY) -m pytest -m "slow" -q
+
+bench: venv
+	$(PY) scripts/bench_rollouts.py
+
+clean:
+	rm -rf runs bench_out .pytest_cache
