@@ -27,8 +27,12 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
     import datasets
 
     path = Path(source)
+    if path.is_file() and path.suffix == ".jsonl":
+        return _read_jsonl(path)
+    if path.is_dir() and (path / f"{split}.jsonl").is_file():
+        return _read_jsonl(path / f"{split}.jsonl")
     if path.is_file():
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
+        kind = {".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if kind is None:
             raise DataError(f"{source}: unsupported file type {path.suffix!r} (use .jsonl, .json or .parquet)")
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
@@ -46,12 +50,30 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
     return [dict(r) for r in ds]
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    """JSONL read as written: Arrow would unify a column that is a string in one row and a
+    list or object in another (common for `ground_truth`), changing the values."""
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {lineno}: a row must be a JSON object")
+            rows.append(row)
+    return rows
+
+
 def normalize_rows(rows: list[dict], source: str) -> list[dict]:
     """Check every row and return `{"prompt" | "messages", "ground_truth", "verifier"}` dicts."""
     out = []
     for i, row in enumerate(rows):
         where = f"{source} row {i}"
-        verifier = row.get("verifier", row.get("dataset"))
+        verifier = row.get("verifier") or row.get("dataset")  # files with both shapes give None for the absent one
         if isinstance(verifier, list) and len(verifier) == 1:  # allenai/RLVR-* store ["gsm8k"]
             verifier = verifier[0]
         if not isinstance(verifier, str) or not verifier:

@@ -174,7 +174,6 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     log = RunLogger(run_dir, resume_step=start_step)
     if start_step == 0:
         log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
-        log.scalars(0, {"model/params": num_params(policy)})
     kl_fn = KL_ESTIMATORS[cfg.ppo.kl_estimator]
     t_run = time.perf_counter() - history["wall_s"]
 
@@ -182,7 +181,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         if start_step == 0:
             metrics, samples = evaluate(engine, heldout, cfg, 0)
             history["first_eval"] = history["last_eval"] = metrics
-            log.scalars(0, metrics)
+            log.scalars(0, {"model/params": num_params(policy), **metrics})
             log.text("eval/samples", "\n\n".join(samples), 0)
         bar = _progress(range(start_step + 1, cfg.train.steps + 1), progress, cfg)
         for step in bar:
