@@ -14,6 +14,7 @@ metrics.jsonl, checkpoints/step_<n>/ and summary.json.
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -296,6 +297,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         "initial": history["first_eval"],
         "final": history["last_eval"],
         "params": num_params(policy),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -322,4 +324,5 @@ def print_summary(summary: dict) -> None:
         if key.startswith("eval/heldout/"):
             table.add_row(key.removeprefix("eval/heldout/"), f"{first.get(key, float('nan')):.3f}", f"{final[key]:.3f}")
     Console(stderr=True).print(table)
+    Console(stderr=True).print(f"peak memory {summary['peak_rss_mib']:.0f} MiB, {summary['params']:,} parameters")
 
