@@ -39,6 +39,16 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.response_ids.to(device),
+            self.mask.to(device),
+            self.prompt_width,
+        )
+
     def rows(self, idx: torch.Tensor | slice) -> "Batch":
         return Batch(
             self.input_ids[idx],
@@ -97,6 +107,8 @@ class PPOLearner:
         pad_id: int,
     ):
         self.policy, self.critic, self.ref, self.cfg, self.pad_id = policy, critic, ref, cfg, pad_id
+        # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
+        self.device = next(policy.parameters()).device
         if ref is not None:
             ref.eval().requires_grad_(False)
         updates = total_steps * cfg.epochs * cfg.num_minibatches
@@ -115,20 +127,20 @@ class PPOLearner:
 
     def micro_batches(self, batch: Batch):
         for start in range(0, len(batch), self.cfg.micro_batch_size):
-            yield batch.rows(slice(start, start + self.cfg.micro_batch_size))
+            yield batch.rows(slice(start, start + self.cfg.micro_batch_size)).to(self.device)
 
     @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """log pi(response token) under `model`: [B, T] float32 (0 on padding)."""
         model.eval()
         parts = [token_logprobs(response_logits(model, mb), mb.response_ids) * mb.mask for mb in self.micro_batches(batch)]
-        return torch.cat(parts)
+        return torch.cat(parts).cpu()
 
     @torch.no_grad()
     def values(self, batch: Batch) -> torch.Tensor:
         self.critic.eval()
         parts = [response_logits(self.critic, mb)[..., 0].float() * mb.mask for mb in self.micro_batches(batch)]
-        return torch.cat(parts)
+        return torch.cat(parts).cpu()
 
     # ---------------------------------------------------------------- update
 
@@ -168,13 +180,14 @@ class PPOLearner:
                     self.critic_opt.zero_grad(set_to_none=True)
                 for mstart in range(0, len(idx), cfg.micro_batch_size):
                     midx = idx[mstart : mstart + cfg.micro_batch_size]
-                    mb = batch.rows(midx)
+                    mb = batch.rows(midx).to(self.device)
+                    on_device = lambda t: t[midx].to(self.device)  # noqa: E731
                     share = mb.mask.sum().item() / num_tokens  # this micro-batch's weight in token means
                     if train_policy:
                         logits = response_logits(self.policy, mb)
                         logp = token_logprobs(logits, mb.response_ids)
                         loss, pstats = clipped_policy_loss(
-                            logp, old_logp_BT[midx], advantages_BT[midx], mb.mask, cfg.clip_low, cfg.clip_high, num_tokens
+                            logp, on_device(old_logp_BT), on_device(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, num_tokens
                         )
                         entropy = entropy_from_logits(logits)
                         _acc(stats, "loss/policy", loss.item())
@@ -184,14 +197,14 @@ class PPOLearner:
                         if cfg.entropy_coef:
                             loss = loss - cfg.entropy_coef * (entropy * mb.mask).sum() / num_tokens
                         if kl_in_loss:
-                            kl_loss = (kl_fn(logp, ref_logp_BT[midx]) * mb.mask).sum() / num_tokens
+                            kl_loss = (kl_fn(logp, on_device(ref_logp_BT)) * mb.mask).sum() / num_tokens
                             _acc(stats, "loss/kl", kl_loss.item())
                             loss = loss + cfg.kl_coef * kl_loss
                         loss.backward()
                     if self.critic is not None:
                         values = response_logits(self.critic, mb)[..., 0].float()
                         vloss, vstats = clipped_value_loss(
-                            values, old_values_BT[midx], returns_BT[midx], mb.mask, cfg.value_clip, num_tokens
+                            values, on_device(old_values_BT), on_device(returns_BT), mb.mask, cfg.value_clip, num_tokens
                         )
                         (cfg.vf_coef * vloss).backward()
                         _acc(stats, "loss/value", vloss.item())

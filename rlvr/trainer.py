@@ -25,7 +25,7 @@ import torch
 from rlvr import checkpoint as ckpt
 from rlvr.baselines import gae
 from rlvr.config import Config, to_yaml
-from rlvr.data import PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
+from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, make_batch
 from rlvr.models import build_tiny_model, load_critic, load_policy, load_tokenizer, num_params, train_word_tokenizer
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, token_rewards
@@ -60,15 +60,16 @@ def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
     for path in cfg.verifier_files:
         load_verifier_file(path)
     d = cfg.data
+    if bool(d.task) == bool(d.train):
+        raise DataError("set one of data.task (a synthetic task) and data.train (rows from files or the hub)")
     if d.task:
-        train, heldout = make_task(d.task, d.num_train, d.num_eval, seed=0)
+        try:
+            train, heldout = make_task(d.task, d.num_train, d.num_eval, seed=0)
+        except KeyError as e:
+            raise DataError(f"data.task: {e.args[0]}") from None
     else:
-        if not d.train:
-            raise ValueError("set data.task or data.train")
         train = normalize_rows(load_rows(d.train), d.train)
         heldout = normalize_rows(load_rows(d.eval), d.eval)[: d.num_eval] if d.eval else []
-    if d.task and d.train:
-        raise ValueError("set data.task or data.train, not both")
     text = [r.get("prompt") or " ".join(m["content"] for m in r["messages"]) for r in train + heldout]
     text += [ground_truth_text(r["ground_truth"]) for r in train + heldout]
     if d.task == "kinds":
@@ -142,9 +143,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     init_path = initial_model(cfg, run_dir, tokenizer_text)
     policy_path = str(last / "policy") if last else init_path
     tokenizer = load_tokenizer(policy_path)
-    policy = load_policy(policy_path, cfg.model.dtype)
-    ref = load_policy(init_path, cfg.model.dtype) if cfg.ppo.kl_coef > 0 else None
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy = load_policy(policy_path, cfg.model.dtype).to(device)
+    ref = load_policy(init_path, cfg.model.dtype).to(device) if cfg.ppo.kl_coef > 0 else None
     critic = load_critic(last / "critic", cfg.model.dtype) if last else load_critic(init_path, cfg.model.dtype, from_policy=True)
+    critic = critic.to(device)
     learner = PPOLearner(policy, critic, ref, cfg.ppo, total_steps=cfg.train.steps, pad_id=tokenizer.pad_token_id)
 
     train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))

@@ -39,7 +39,7 @@ class HFEngine:
                     do_sample=not greedy,
                     temperature=None if greedy else sampling.temperature,
                     top_p=None if greedy else sampling.top_p,
-                    top_k=None,
+                    top_k=None if greedy else 0,  # no top-k, as in vLLM (generation configs often default to 50)
                     num_return_sequences=n,
                     pad_token_id=pad,
                     eos_token_id=sorted(self.eos_ids),

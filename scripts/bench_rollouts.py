@@ -48,7 +48,8 @@ def measure(engine_kind: str, model_dir: str, args) -> dict:
     tok = load_tokenizer(model_dir)
     rows, _ = make_task("kinds", args.prompts, 0, seed=0)
     prompts = [tok(r["prompt"])["input_ids"] for r in rows]
-    engine = make_engine(engine_kind, model_dir, max_model_len=128, batch_size=args.prompts)
+    extra = {"batch_size": args.prompts} if engine_kind == "hf" else {"max_model_len": 128}
+    engine = make_engine(engine_kind, model_dir, **extra)
     rates = []
     for rep in range(args.repeats + 1):
         t = time.perf_counter()

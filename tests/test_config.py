@@ -11,7 +11,8 @@ TINY = REPO / "experiments" / "tiny" / "kinds.yaml"
 
 
 def test_yaml_then_dotted_overrides():
-    cfg = load_config(TINY, ["--ppo.kl_coef", "0.02", "--seed=3", "--rollout.engine", "hf", "--ppo.adam_betas", "[0.8, 0.9]"])
+    cfg = load_config(TINY, ["--ppo.kl_coef", "0.02", "--seed=3", "--rollout.engine", "hf", "--ppo.adam_betas", "[0.8, 0.9]", "--ppo.lr", "3e-4"])
+    assert cfg.ppo.lr == 3e-4  # PyYAML alone would read "3e-4" as a string
     assert cfg.name == "kinds"
     assert cfg.ppo.kl_coef == 0.02 and isinstance(cfg.ppo.kl_coef, float)
     assert cfg.seed == 3

@@ -29,8 +29,8 @@ def finish(proc, timeout=600):
 
 
 def test_tiny_task_is_learned_from_scratch(tmp_path):
-    """Held-out pass rate rises from ~0 to >= 0.8 (greedy and sampled) within 40 steps."""
-    finish(rlvr_train(tmp_path, "--train.steps", "40", "--train.eval_every", "20", "--train.checkpoint_every", "40"))
+    """Held-out pass rate rises from ~0 to >= 0.8 (greedy and sampled) with the experiment as shipped."""
+    finish(rlvr_train(tmp_path, "--train.eval_every", "50", "--train.checkpoint_every", "100"))
     run = tmp_path / "kinds" / "seed_0"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["initial"]["eval/heldout/greedy_pass_rate"] <= 0.2
@@ -38,7 +38,7 @@ def test_tiny_task_is_learned_from_scratch(tmp_path):
     assert summary["final"]["eval/heldout/greedy_pass_rate"] >= 0.8
     assert summary["final"]["eval/heldout/sampled_pass_rate"] >= 0.8
     rows = read_metrics(run)
-    assert [r["step"] for r in rows] == list(range(0, 41))
+    assert [r["step"] for r in rows] == list(range(0, 101))
     first, last = rows[1], rows[-1]
     assert last["reward/mean"] > first["reward/mean"] + 0.5
     # every DESIGN.md tag is logged
@@ -54,7 +54,7 @@ def test_tiny_task_is_learned_from_scratch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0}).Reload()
-    assert [e.step for e in acc.Scalars("reward/mean")] == list(range(1, 41))
+    assert [e.step for e in acc.Scalars("reward/mean")] == list(range(1, 101))
     assert "config/text_summary" in acc.Tags()["tensors"]
 
 
