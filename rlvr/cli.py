@@ -12,6 +12,16 @@ def _env_defaults() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import warnings
+
+    import transformers
+
+    # our own progress bar and summary say what happens; per-file load/save bars and the
+    # "score head newly initialised" report (the critic's head is meant to be new) do not
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
 
 
 def _fail(msg: str) -> int:
