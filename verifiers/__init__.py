@@ -15,6 +15,7 @@ from rlvr.verifiers.registry import (
     register_verifier,
 )
 from rlvr.verifiers.scoring import ScoredBatch, score_batch
+from rlvr.verifiers.pool import VerifierPool
 
 # Importing the built-ins registers them.
 from rlvr.verifiers import builtin  # noqa: E402,F401  isort: skip
@@ -23,6 +24,7 @@ __all__ = [
     "STATUSES",
     "ScoredBatch",
     "UnknownVerifierError",
+    "VerifierPool",
     "VerifierResult",
     "available_verifiers",
     "get_verifier",

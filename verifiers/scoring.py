@@ -1,8 +1,8 @@
 """Score a batch of completions, failing closed.
 
 A verifier that raises scores 0 with status `error` and the reason; the run goes on and
-the failure is counted per verifier. (The process pool with a parent-enforced time limit
-belongs here too; until then verifiers run in the calling process.)
+the failure is counted per verifier. `rlvr.verifiers.pool.VerifierPool` runs the same
+`score_one` in worker processes under a per-call time limit.
 """
 
 from __future__ import annotations
@@ -55,11 +55,15 @@ def score_one(completion: str, ground_truth: Any, verifier: str, **meta) -> Veri
         return VerifierResult.fail("error", f"{type(e).__name__}: {e}"[:500])
 
 
-def score_batch(completions: Sequence[str], rows: Sequence[dict]) -> ScoredBatch:
-    """Score `completions[i]` against `rows[i]["ground_truth"]` with `rows[i]["verifier"]`."""
-    results = [score_one(c, row["ground_truth"], row["verifier"]) for c, row in zip(completions, rows, strict=True)]
-    names = [row["verifier"] for row in rows]
+def collect(results: list[VerifierResult], names: list[str]) -> ScoredBatch:
     counts: dict[str, Counter] = defaultdict(Counter)
     for name, r in zip(names, results):
         counts[name][r.status] += 1
     return ScoredBatch(results, names, dict(counts))
+
+
+def score_batch(completions: Sequence[str], rows: Sequence[dict]) -> ScoredBatch:
+    """Score `completions[i]` against `rows[i]["ground_truth"]` with `rows[i]["verifier"]`, in this
+    process and without a time limit; `VerifierPool` adds worker processes and the limit."""
+    results = [score_one(c, row["ground_truth"], row["verifier"]) for c, row in zip(completions, rows, strict=True)]
+    return collect(results, [row["verifier"] for row in rows])
