@@ -49,6 +49,16 @@ def cmd_train(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from rlvr.verifiers import UnknownVerifierError
+    from rlvr.verify_cli import VerifyInputError, run
+
+    try:
+        return run(args)
+    except (VerifyInputError, UnknownVerifierError, FileNotFoundError) as e:
+        return _fail(str(e))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,10 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "Any config field can be overridden by its dotted name: --ppo.kl_coef 0.02 --seed 1"
+    v = sub.add_parser("verify", help="score completions in a JSONL file with the verifiers")
+    v.add_argument("--input", required=True, help="JSONL rows with completion, ground_truth, verifier")
+    v.add_argument("--output", help="JSONL out (default: stdout): each row plus score, status, info")
+    v.add_argument("--verifier", help="use this verifier for every row")
+    v.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process, no time limit)")
+    v.add_argument("--timeout-s", type=float, default=5.0, help="wall-clock limit per row")
+    v.add_argument("--verifier-file", action="append", help="a .py file that registers verifiers (repeatable)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return cmd_train(args, rest)
-    return 2
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return cmd_verify(args)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,13 @@ class PPOConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    workers: int = 1  # verifier worker processes; 0 scores in the trainer's process (no time limit)
+    timeout_s: float = 5.0  # wall-clock limit per call, enforced by the parent; then score 0, `timeout`
+    max_memory_mb: int = 4096  # address-space cap of each worker
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 100  # training steps (each: generate, verify, learn, sync)
     eval_every: int = 10  # held-out evaluation every N steps (and at steps 0 and the last)
@@ -114,6 +121,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
 

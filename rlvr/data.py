@@ -79,7 +79,7 @@ def normalize_rows(rows: list[dict], source: str) -> list[dict]:
         if not isinstance(verifier, str) or not verifier:
             raise DataError(f"{where}: missing 'verifier' (or 'dataset') column")
         try:
-            get_verifier(verifier)
+            fn = get_verifier(verifier)
         except UnknownVerifierError as e:
             raise DataError(f"{where}: {e}") from None
         if "ground_truth" not in row or row["ground_truth"] is None:
@@ -87,6 +87,12 @@ def normalize_rows(rows: list[dict], source: str) -> list[dict]:
         gt = row["ground_truth"]
         if isinstance(gt, list) and len(gt) == 1:
             gt = gt[0]
+        validate = getattr(fn, "validate", None)  # a verifier may check its ground truth up front
+        if validate is not None:
+            try:
+                validate(gt)
+            except Exception as e:
+                raise DataError(f"{where}: invalid ground truth for {verifier}: {e}") from None
         new: dict[str, Any] = {"ground_truth": gt, "verifier": verifier}
         if isinstance(row.get("messages"), list) and row["messages"]:
             msgs = row["messages"]

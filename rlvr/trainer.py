@@ -32,7 +32,7 @@ from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, token_rewards
 from rlvr.rollouts import Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
 from rlvr.tasks import make_task
-from rlvr.verifiers import load_verifier_file, score_batch
+from rlvr.verifiers import VerifierPool, load_verifier_file
 
 
 class RunExistsError(RuntimeError):
@@ -95,7 +95,7 @@ def initial_model(cfg: Config, run_dir: Path, tokenizer_text: list[str]) -> str:
     return str(out)
 
 
-def evaluate(engine, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str, float], list[str]]:
+def evaluate(engine, scorer: VerifierPool, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str, float], list[str]]:
     """Held-out pass rate and mean score, greedy (n=1) and sampled (n=train.eval_samples)."""
     metrics: dict[str, float] = {}
     samples: list[str] = []
@@ -114,7 +114,7 @@ def evaluate(engine, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str
     for mode, (sampling, n) in modes.items():
         rollouts = engine.generate(prompts.ids, sampling, n)
         rows = [r for r in prompts.rows for _ in range(n)]
-        scored = score_batch([r.text for r in rollouts], rows)
+        scored = scorer.score([r.text for r in rollouts], rows)
         scores = torch.tensor(scored.scores)
         metrics[f"eval/heldout/{mode}_pass_rate"] = (scores >= cfg.train.pass_threshold).float().mean().item()
         metrics[f"eval/heldout/{mode}_score"] = scores.mean().item()
@@ -166,6 +166,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         start_step = state["step"]
         ckpt.set_rng_state(state["rng"])
 
+    scorer = VerifierPool(cfg.verify.workers, cfg.verify.timeout_s, cfg.verifier_files, cfg.verify.max_memory_mb)
     engine = make_engine(
         cfg.rollout.engine,
         policy_path,
@@ -183,7 +184,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
 
     try:
         if start_step == 0:
-            metrics, samples = evaluate(engine, heldout, cfg, 0)
+            metrics, samples = evaluate(engine, scorer, heldout, cfg, 0)
             history["first_eval"] = history["last_eval"] = metrics
             log.scalars(0, {"model/params": num_params(policy), **metrics})
             log.text("eval/samples", "\n\n".join(samples), 0)
@@ -203,7 +204,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
 
             # 2. verify
             t = time.perf_counter()
-            scored = score_batch([r.text for r in rollouts], rows)
+            scored = scorer.score([r.text for r in rollouts], rows)
             scores_B = torch.tensor(scored.scores, dtype=torch.float32)
             m["time/verify_s"] = time.perf_counter() - t
 
@@ -257,7 +258,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 t = time.perf_counter()
-                metrics, samples = evaluate(engine, heldout, cfg, step)
+                metrics, samples = evaluate(engine, scorer, heldout, cfg, step)
                 m["time/eval_s"] = time.perf_counter() - t
                 m.update(metrics)
                 history["last_eval"] = metrics
@@ -291,6 +292,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     finally:
         log.close()
         engine.close()
+        scorer.close()
 
     summary = {
         "experiment": cfg.name,

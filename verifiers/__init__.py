@@ -18,7 +18,7 @@ from rlvr.verifiers.scoring import ScoredBatch, score_batch
 from rlvr.verifiers.pool import VerifierPool
 
 # Importing the built-ins registers them.
-from rlvr.verifiers import builtin  # noqa: E402,F401  isort: skip
+from rlvr.verifiers import builtin, ifeval, math_answers  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "STATUSES",
