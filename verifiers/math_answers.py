@@ -113,8 +113,8 @@ def _fix_shorthand(s: str) -> str:
 def normalize(ans: str) -> str:
     s = ans.strip()
     s = s.replace("\n", " ").replace("\\!", "")
-    s = re.sub(r"\\(?:,|;|:|quad|qquad)", " ", s)
-    s = s.replace("\\ ", " ").replace("~", " ")
+    s = re.sub(r"(?<!\\)\\(?:,|;|:|quad|qquad| )", " ", s)  # spacing commands, not the row break `\\`
+    s = s.replace("~", " ")
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = s.replace("\\left", "").replace("\\right", "")
     s = re.sub(r"\\displaystyle", "", s)
