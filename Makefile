@@ -18,6 +18,7 @@ test-slow: venv
 
 bench: venv
 	$(PY) scripts/bench_rollouts.py
+	$(PY) scripts/bench_verifiers.py
 
 clean:
 	rm -rf runs bench_out .pytest_cache
