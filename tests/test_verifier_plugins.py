@@ -137,3 +137,36 @@ def test_training_rejects_bad_ground_truth_at_load(row, message):
     with pytest.raises(DataError) as e:
         normalize_rows([good, row], "data.jsonl")
     assert str(e.value).startswith(f"data.jsonl {message}")
+
+
+ADVERSARIAL = [
+    "",
+    "   \n\t  ",
+    "x" * 1_100_000,  # over a megabyte
+    "{" * 20_000 + "}" * 20_000,
+    r"\boxed{" + "{" * 3000 + "7",  # unclosed
+    r"\boxed{10^{10^{10}}}",
+    "__import__('os').system('touch /tmp/rlvr_pwned_small')",
+]
+GROUND_TRUTHS = {
+    "exact": "42",
+    "regex": r"\d+",
+    "format": {"required_tags": ["answer"]},
+    "combine": {"verifiers": [{"name": "exact", "ground_truth": "42"}, {"name": "math", "ground_truth": "42"}]},
+    "allowed_words": {"allowed": ["1", "2"], "min_words": 1},
+    "ifeval_loose": {"instruction_id_list": ["detectable_format:json_format", "startend:quotation"], "kwargs": [{}, {}]},
+    "math_strict": "42",
+}
+
+
+@pytest.mark.parametrize("verifier", sorted(GROUND_TRUTHS))
+def test_small_builtins_fail_closed_on_adversarial_rows(verifier):
+    import os
+
+    with VerifierPool(workers=2, timeout_s=5.0) as pool:
+        t = time.monotonic()
+        batch = pool.score(ADVERSARIAL, [{"ground_truth": GROUND_TRUTHS[verifier], "verifier": verifier}] * len(ADVERSARIAL))
+        assert time.monotonic() - t < 30
+    for completion, r in zip(ADVERSARIAL, batch.results):
+        assert r.score == 0.0 and r.status in ("wrong", "unparsable", "timeout", "error"), (completion[:40], r)
+    assert not os.path.exists("/tmp/rlvr_pwned_small")
