@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -49,6 +50,50 @@ def cmd_train(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_stage(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError, StageConfig, load_config
+
+    try:
+        cfg = load_config(args.config, overrides, cls=StageConfig)
+    except ConfigError as e:
+        return _fail(str(e))
+    _env_defaults()
+    from rlvr.data import DataError
+    from rlvr.stages.lm import StageError
+
+    try:
+        if args.command == "dpo":
+            from rlvr.stages.dpo import train_dpo
+
+            summary = train_dpo(cfg, resume=args.resume, progress=not args.no_progress)
+        else:
+            from rlvr.stages.lm import train_lm
+
+            summary = train_lm(cfg, args.command, resume=args.resume, progress=not args.no_progress)
+    except (StageError, DataError, FileNotFoundError) as e:
+        return _fail(str(e))
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
+
+
+def cmd_recipe(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError, RecipeConfig, load_config
+
+    try:
+        cfg = load_config(args.config, overrides, cls=RecipeConfig)
+    except ConfigError as e:
+        return _fail(str(e))
+    _env_defaults()
+    from rlvr.stages.recipe import RecipeError, run_recipe
+
+    try:
+        run_recipe(cfg, progress=not args.no_progress)
+    except RecipeError as e:
+        return _fail(str(e))
+    print(f"results: {cfg.run_dir / 'results.json'}, plot: {cfg.run_dir / 'stages.png'}", file=sys.stderr)
+    return 0
+
+
 def cmd_verify(args) -> int:
     from rlvr.verifiers import UnknownVerifierError
     from rlvr.verify_cli import VerifyInputError, run
@@ -67,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = "Any config field can be overridden by its dotted name: --ppo.kl_coef 0.02 --seed 1"
+    for stage, text in (
+        ("pretrain", "pretrain a causal LM on text (packed sequences)"),
+        ("sft", "supervised fine-tuning on chat data (loss on assistant tokens only)"),
+        ("dpo", "direct preference optimisation (pairs from a file, or sampled on-policy and verified)"),
+    ):
+        sp = sub.add_parser(stage, help=text)
+        sp.add_argument("--config", required=True, help="stage YAML (see experiments/tiny/recipe.yaml)")
+        sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = sub.add_parser("recipe", help="pretrain -> sft -> dpo -> RLVR seeds -> evaluation, one command")
+    r.add_argument("--config", required=True, help="recipe YAML (e.g. experiments/tiny/recipe.yaml)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     v = sub.add_parser("verify", help="score completions in a JSONL file with the verifiers")
     v.add_argument("--input", required=True, help="JSONL rows with completion, ground_truth, verifier")
     v.add_argument("--output", help="JSONL out (default: stdout): each row plus score, status, info")
@@ -77,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return cmd_train(args, rest)
+    if args.command in ("pretrain", "sft", "dpo"):
+        return cmd_stage(args, rest)
+    if args.command == "recipe":
+        return cmd_recipe(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return cmd_verify(args)

@@ -148,7 +148,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for key, value in _parse_overrides(overrides).items():
         _set_dotted(raw, key, value, cls)
-    if cls is Config and not raw.get("name"):
+    if hasattr(cls, "run_dir") and not raw.get("name"):
         raw["name"] = path.stem if path is not None else "default"
     return _build(cls, raw, prefix="")
 
@@ -301,3 +301,98 @@ def to_dict(cfg) -> dict[str, Any]:
 
 def to_yaml(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- upstream stages
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # sequences (pretrain, SFT) or pairs (DPO) per optimizer step
+    micro_batch_size: int = 32  # per forward/backward; gradients accumulate up to batch_size
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    lr_schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class StageDataConfig:
+    task: str = ""  # "world": the synthetic world's corpus (pretrain) or demonstrations (sft, dpo)
+    train: str = ""  # pretrain: .txt file or JSONL/Parquet/hub with "text"; sft/dpo: chat JSONL (see README)
+    eval: str = ""  # held-out file in the same format (with `task`: the task's held-out split)
+    num_train: int = 20000  # synthetic: corpus sentences (pretrain) or rows (sft, dpo)
+    num_eval: int = 256
+    seq_len: int = 64  # tokens per training sequence (longer examples are truncated)
+    packing: bool = True  # SFT: pack examples into seq_len rows (pretraining always packs)
+
+
+@dataclass(frozen=True)
+class StageTrainConfig:
+    eval_every: int = 50  # eval loss every N steps (and at the end)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class DPOOptions:
+    beta: float = 0.1
+    loss: Literal["sigmoid", "norm"] = "sigmoid"  # norm: length-normalised logprobs (Tulu 3's DPO-norm)
+    pairs_from: Literal["file", "on_policy"] = "on_policy"  # file: rows with chosen/rejected
+    samples_per_prompt: int = 4  # on-policy: completions sampled per prompt (vLLM)
+    temperature: float = 1.0
+    max_new_tokens: int = 24
+    num_prompts: int = 1024  # on-policy: prompts sampled from data.train / the task
+    epochs: int = 1
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """pretrain, sft and dpo share this; `dpo` is read by the DPO stage only."""
+
+    name: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model the stage starts from
+    data: StageDataConfig = field(default_factory=StageDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    dpo: DPOOptions = field(default_factory=DPOOptions)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
+
+
+@dataclass(frozen=True)
+class RecipeEvalConfig:
+    num_prompts: int = 128  # held-out prompts
+    k: int = 4  # pass@k from k samples at temperature 1
+    max_new_tokens: int = 24
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """pretrain -> sft -> dpo -> RLVR (several seeds) -> held-out evaluation of every stage.
+
+    Each stage section is that stage's own config; the recipe fills in its name, output folder
+    and starting model (the previous stage's final model)."""
+
+    name: str = ""
+    output_dir: str = "runs"
+    seeds: tuple[int, ...] = (0, 1, 2)  # RLVR seeds
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model pretraining starts from
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    sft: StageConfig = field(default_factory=StageConfig)
+    dpo: StageConfig = field(default_factory=StageConfig)
+    rlvr: Config = field(default_factory=Config)
+    eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name

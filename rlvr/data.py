@@ -159,3 +159,29 @@ class PromptSampler:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.index = state["epoch"], state["index"]
         self._order = self._permutation()
+
+
+# ------------------------------------------------------------------------------------ real datasets
+
+
+def gsm8k_rows(path: str | Path, limit: int | None = None, with_answer: bool = False) -> list[dict]:
+    """RLVR rows from a GSM8K file (`question`, `answer` ending `#### N`); `with_answer` keeps the
+    worked solution as an assistant turn (SFT data)."""
+    rows = []
+    for raw in _read_jsonl(Path(path))[:limit]:
+        messages = [{"role": "user", "content": raw["question"]}]
+        if with_answer:
+            messages.append({"role": "assistant", "content": raw["answer"]})
+        rows.append({"messages": messages, "ground_truth": raw["answer"].rsplit("####", 1)[1].strip(), "verifier": "gsm8k"})
+    return rows
+
+
+def math_rows(path: str | Path, limit: int | None = None, with_answer: bool = False) -> list[dict]:
+    """RLVR rows from a MATH file (`problem`, `solution`, `answer`)."""
+    rows = []
+    for raw in _read_jsonl(Path(path))[:limit]:
+        messages = [{"role": "user", "content": raw["problem"]}]
+        if with_answer:
+            messages.append({"role": "assistant", "content": raw["solution"]})
+        rows.append({"messages": messages, "ground_truth": raw["answer"], "verifier": "math"})
+    return rows

@@ -73,3 +73,117 @@ def kinds_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
     eval_rng = random.Random(seed + 1)
     eval_combos = eval_rng.sample(eval_combos, min(num_eval, len(eval_combos)))
     return train, [row(*c) for c in eval_combos]
+
+
+# ------------------------------------------------------------------------------------ the recipe world
+# A small world of people and things, used by every stage of the miniature recipe: a plain-text
+# corpus to pretrain on, chat demonstrations for SFT, and RLVR rows checked by `gsm8k` (arithmetic
+# word problems) and `ifeval` (IFEval-style constraints: include a word, end with a word).
+
+NAMES = "tom ana ben eva max mia sam zoe".split()
+THINGS = "apples pens cards coins books shells stamps marbles".split()
+WORDS = "river stone cloud tiger piano garden rocket candle forest mirror bridge winter".split()
+
+
+def _held_out(*parts: str) -> bool:
+    return int.from_bytes(__import__("hashlib").blake2b(" ".join(parts).encode(), digest_size=4).digest(), "little") % 5 == 0
+
+
+def world_problem(name: str, thing: str, a: int, b: int) -> tuple[str, str, int]:
+    """(prompt, worked answer, result) of an addition word problem."""
+    prompt = f"{name} has {a} {thing} and gets {b} more . how many {thing} does {name} have now ?"
+    answer = f"{name} has {a} + {b} = {a + b} {thing} . the answer is {a + b}"
+    return prompt, answer, a + b
+
+
+def world_constraint(thing: str, word: str, kind: str) -> tuple[str, str, dict]:
+    """(prompt, demonstration, IFEval ground truth) of a constraint prompt."""
+    if kind == "include":
+        prompt = f"write a short note about {thing} . include the word {word} ."
+        demo = f"i like {thing} and the {word} ."
+        truth = {"instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": [word]}]}
+    else:
+        prompt = f"write a short note about {thing} . end your note with the word {word} ."
+        demo = f"i like {thing} . {word}"
+        truth = {"instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": word}]}
+    return prompt, demo, truth
+
+
+def world_corpus(num_sentences: int, seed: int = 0) -> list[str]:
+    """Plain text from the world: stories in which the sums are told, never asked."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(num_sentences):
+        name, thing, word = rng.choice(NAMES), rng.choice(THINGS), rng.choice(WORDS)
+        a, b = rng.randrange(10), rng.randrange(10)
+        out.append(
+            rng.choice(
+                [
+                    f"{name} has {a} {thing} . {name} gets {b} more {thing} . now {name} has {a + b} {thing} .",
+                    f"{a} {thing} and {b} {thing} make {a + b} {thing} . {a} + {b} = {a + b} .",
+                    f"{name} likes {thing} and the {word} . {name} writes a note about the {word} .",
+                    f"a short note about {thing} . i like {thing} and the {word} .",
+                ]
+            )
+        )
+    return out
+
+
+def _world_rows(split: str) -> list[dict]:
+    rows = []
+    for name in NAMES:
+        for thing in THINGS:
+            if _held_out(name, thing) != (split == "eval"):
+                continue
+            for a in range(10):
+                for b in range(10):
+                    prompt, answer, result = world_problem(name, thing, a, b)
+                    rows.append({
+                        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                        "ground_truth": str(result),
+                        "verifier": "gsm8k",
+                    })
+    for thing in THINGS:
+        for word in WORDS:
+            for kind in ("include", "end"):
+                if _held_out(thing, word, kind) != (split == "eval"):
+                    continue
+                prompt, demo, truth = world_constraint(thing, word, kind)
+                rows.append({
+                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": demo}],
+                    "ground_truth": json.dumps(truth),
+                    "verifier": "ifeval",
+                })
+    return rows
+
+
+@register_task("world")
+def world_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """The recipe's RLVR rows (the assistant demonstration stays in `messages`; RLVR drops it).
+    A quarter are constraint prompts (the few distinct ones repeat), the rest arithmetic, in a
+    seeded order; held-out rows use (name, thing) and (thing, word, kind) combinations that
+    training never shows."""
+
+    def mix(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
+        arith = [r for r in rows if r["verifier"] == "gsm8k"]
+        cons = [r for r in rows if r["verifier"] == "ifeval"]
+        rng.shuffle(arith)
+        rng.shuffle(cons)
+        n_cons = n // 4
+        out = arith[: n - n_cons] + [cons[i % len(cons)] for i in range(n_cons)]
+        rng.shuffle(out)
+        return out
+
+    heldout = _world_rows("eval")
+    n_cons_eval = sum(r["verifier"] == "ifeval" for r in heldout)
+    return mix(_world_rows("train"), num_train, random.Random(seed)), mix(heldout, min(num_eval, 4 * n_cons_eval), random.Random(seed + 1))
+
+
+def world_vocabulary() -> list[str]:
+    words = set(" ".join(world_corpus(2000)).split())
+    for split in ("train", "eval"):
+        for row in _world_rows(split):
+            words.update(" ".join(m["content"] for m in row["messages"]).split())
+    words.update(str(i) for i in range(19))
+    words.update(["user", "assistant", "system", ":"])
+    return sorted(words)

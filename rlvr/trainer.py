@@ -67,6 +67,8 @@ def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
             train, heldout = make_task(d.task, d.num_train, d.num_eval, seed=0)
         except KeyError as e:
             raise DataError(f"data.task: {e.args[0]}") from None
+        # task rows may carry a demonstration for SFT; RLVR prompts drop it
+        train, heldout = normalize_rows(train, d.task), normalize_rows(heldout, f"{d.task} held-out")
     else:
         train = normalize_rows(load_rows(d.train), d.train)
         heldout = normalize_rows(load_rows(d.eval), d.eval)[: d.num_eval] if d.eval else []

@@ -53,6 +53,11 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         else:
             kwargs["kv_cache_memory_bytes"] = kv_cache_mb << 20
+            # A prompt split over two scheduler steps (chunked prefill) makes vLLM rewind the
+            # request's generator offset, which CPU generators do not support: seeded sampling
+            # then crashes ("CPU Generator does not use offset"; seen with on-policy DPO sampling
+            # at temperature 1.5, tests/test_stages.py). Whole prompts per step avoid it.
+            kwargs["enable_chunked_prefill"] = False
         # LLM(seed=...) reseeds the process-global RNGs, which belong to the trainer.
         state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         self.llm = LLM(**kwargs)

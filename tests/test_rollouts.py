@@ -134,3 +134,4 @@ def test_hf_engine_has_the_same_interface_and_logprobs(tiny_model_dir):
     assert ((sampler_logprobs(rollouts, mask) - lp).abs() * mask).max().item() <= 1e-4
     greedy = engine.generate(ids[:2], Sampling(max_new_tokens=5, temperature=0.0), n=1)
     assert [r.completion_ids for r in greedy] == [r.completion_ids for r in engine.generate(ids[:2], Sampling(5, 0.0), 1)]
+
