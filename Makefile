@@ -8,7 +8,7 @@ venv:
 	@bash scripts/setup_env.sh
 
 demo: venv
-	.venv/bin/rlvr train --config experiments/tiny/kinds.yaml --resume
+	.venv/bin/rlvr recipe --config experiments/tiny/recipe.yaml
 
 test: venv
 	$(PY) -m pytest -m "not slow and not gpu" -q

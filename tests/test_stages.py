@@ -205,3 +205,34 @@ def test_stage_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"rlvr: error: data file not found: {tmp_path / 'missing.jsonl'}"
     proc = subprocess.run([sys.executable, "-m", "rlvr.cli", "dpo", "--config", str(bad), "--optim.stepz", "3"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.strip() == "rlvr: error: unknown config key 'optim.stepz' (did you mean 'optim.steps'?)"
+
+
+def test_recipe_command_end_to_end_in_miniature(tmp_path):
+    """`rlvr recipe` with every stage cut short: runs, evaluates each stage, writes table, JSON, PNG;
+    a second call skips the finished stages."""
+    cfg = yaml.safe_load((REPO / "experiments" / "tiny" / "recipe.yaml").read_text())
+    cfg["output_dir"] = str(tmp_path / "runs")
+    cfg["seeds"] = [0, 1]
+    cfg["model"] = TINY
+    cfg["pretrain"]["optim"].update(steps=20, batch_size=8, micro_batch_size=8)
+    cfg["pretrain"]["data"].update(num_train=1000, num_eval=50)
+    cfg["sft"]["optim"].update(steps=10, batch_size=8, micro_batch_size=8)
+    cfg["dpo"]["dpo"].update(num_prompts=32, max_new_tokens=8)
+    cfg["dpo"]["optim"].update(steps=2, batch_size=4, micro_batch_size=4)
+    cfg["rlvr"]["train"].update(steps=2, eval_every=2, checkpoint_every=2)
+    cfg["rlvr"]["rollout"].update(prompts_per_step=4, max_new_tokens=8)
+    cfg["rlvr"]["data"].update(num_eval=8)
+    cfg["eval"] = {"num_prompts": 16, "k": 2, "max_new_tokens": 8}
+    path = write_cfg(tmp_path, "recipe", cfg)
+    finish(rlvr("recipe", "--config", str(path)))
+    root = tmp_path / "runs" / "recipe"
+    result = json.loads((root / "results.json").read_text())
+    assert list(result["stages"]) == ["pretrain", "sft", "dpo", "rlvr"]
+    assert set(result["rlvr_seeds"]) == {"rlvr_seed_0", "rlvr_seed_1"}
+    for m in result["stages"].values():
+        assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
+    seeds = [m["pass@1"] for m in result["rlvr_seeds"].values()]
+    assert result["stages"]["rlvr"]["pass@1"] == pytest.approx(sum(seeds) / len(seeds))
+    assert (root / "stages.png").stat().st_size > 10_000
+    out = finish(rlvr("recipe", "--config", str(path)))
+    assert out.count("finished earlier, skipped") == 5
