@@ -14,6 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# the real datasets (GSM8K, MATH-500) lie in shared/data beside the checkout
+DATA = Path(os.environ.get("RLVR_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def pytest_collection_modifyitems(config, items):

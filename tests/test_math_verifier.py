@@ -5,11 +5,10 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import DATA
 from rlvr.verifiers import VerifierPool, get_verifier
 from rlvr.verifiers.math_answers import extract_answer, normalize, parse_number
 
-DATA = REPO.parent / "shared" / "data"
 math_v = get_verifier("math")
 
 

@@ -12,11 +12,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import DATA, REPO
 from rlvr.stages.dpo import dpo_loss, sequence_logps
 from rlvr.stages.lm import IGNORE, sft_tokenize
 
-DATA = REPO.parent / "shared" / "data"
 TINY = {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512}}
 
 

@@ -23,7 +23,6 @@ the extraction order above, the structural rules, and the guards on what reaches
 from __future__ import annotations
 
 import re
-from collections import Counter
 from fractions import Fraction
 from typing import Any
 

@@ -108,7 +108,10 @@ class VerifierPool:
                     results[idx] = VerifierResult(score, info)
                     w.task = None
                 except (EOFError, OSError):
-                    code = w.proc.poll()
+                    try:
+                        code = w.proc.wait(timeout=5)  # the pipe closes a moment before the exit status is known
+                    except subprocess.TimeoutExpired:
+                        code = None
                     results[w.task] = VerifierResult.fail("error", f"verifier worker died (exit code {code})")
                     self._replace(w)
             now = time.monotonic()
