@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def _env_defaults() -> None:
@@ -94,6 +95,37 @@ def cmd_recipe(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_seeds(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError, load_config
+    from rlvr.seeds import launch, parse_seeds, print_results
+
+    try:
+        seeds = parse_seeds(args.seeds)
+        cfg = load_config(args.config, overrides)
+    except (ConfigError, ValueError) as e:
+        return _fail(str(e))
+    t = time.perf_counter()
+    results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
+    print_results(cfg, results, time.perf_counter() - t)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(f"rlvr: {len(failed)} of {len(results)} seeds failed ({', '.join(str(r.seed) for r in failed)}); "
+              "run the same command again to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rlvr.compare import compare
+
+    try:
+        compare(args.runs, args.metric, args.out)
+    except FileNotFoundError as e:
+        return _fail(str(e))
+    print(f"written: {args.out}/compare.json, compare.csv, *.png", file=sys.stderr)
+    return 0
+
+
 def cmd_verify(args) -> int:
     from rlvr.verifiers import UnknownVerifierError
     from rlvr.verify_cli import VerifyInputError, run
@@ -124,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("recipe", help="pretrain -> sft -> dpo -> RLVR seeds -> evaluation, one command")
     r.add_argument("--config", required=True, help="recipe YAML (e.g. experiments/tiny/recipe.yaml)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sd = sub.add_parser("seeds", help="run one experiment for many seeds in parallel on Ray")
+    sd.add_argument("--config", required=True)
+    sd.add_argument("--seeds", required=True, help="e.g. 0-7 or 0,2,5")
+    sd.add_argument("--max-parallel", type=int, help="seeds running at once (default: as many as Ray's resources allow)")
+    sd.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster in this process")
+    cp = sub.add_parser("compare", help="statistics across seeds and experiments from TensorBoard event files")
+    cp.add_argument("runs", nargs="+", help="experiment folders (holding seed_<k>/) or seed folders")
+    cp.add_argument("--metric", action="append", help="TensorBoard tag (repeatable); default: held-out pass rates, reward/mean")
+    cp.add_argument("--out", default="compare_out", help="folder for compare.json, compare.csv and plots")
     v = sub.add_parser("verify", help="score completions in a JSONL file with the verifiers")
     v.add_argument("--input", required=True, help="JSONL rows with completion, ground_truth, verifier")
     v.add_argument("--output", help="JSONL out (default: stdout): each row plus score, status, info")
@@ -138,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_stage(args, rest)
     if args.command == "recipe":
         return cmd_recipe(args, rest)
+    if args.command == "seeds":
+        return cmd_seeds(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "compare":
+        return cmd_compare(args)
     return cmd_verify(args)
 
 

@@ -113,6 +113,12 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    cpus: float = 1.0  # CPUs one seed's Ray task reserves (rlvr seeds)
+    gpus: float = 0.0  # GPUs one seed's Ray task reserves
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = ""  # experiment name; default: the YAML file's stem
     seed: int = 0
@@ -124,6 +130,7 @@ class Config:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     @property
     def run_dir(self) -> Path:

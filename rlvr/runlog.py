@@ -26,6 +26,15 @@ class RunLogger:
         self._file.write(json.dumps({"step": step, **clean}) + "\n")
         self._file.flush()
 
+    def hparams(self, params: dict, metric_tags: list[str]) -> None:
+        """Hyperparameters for TensorBoard's HParams tab (seeds and experiments can be filtered there)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+        exp, ssi, sei = hparams(clean, {tag: 0.0 for tag in metric_tags})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
     def text(self, tag: str, text: str, step: int) -> None:
         self.writer.add_text(tag, text, step)
 

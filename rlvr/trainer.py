@@ -24,7 +24,7 @@ import torch
 
 from rlvr import checkpoint as ckpt
 from rlvr.baselines import gae
-from rlvr.config import Config, to_yaml
+from rlvr.config import Config, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, make_batch
 from rlvr.models import build_tiny_model, load_critic, load_policy, load_tokenizer, num_params, train_word_tokenizer
@@ -181,6 +181,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     log = RunLogger(run_dir, resume_step=start_step)
     if start_step == 0:
         log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
+        log.hparams(_flat(to_dict(cfg)), ["eval/heldout/greedy_pass_rate", "eval/heldout/sampled_pass_rate", "reward/mean"])
     kl_fn = KL_ESTIMATORS[cfg.ppo.kl_estimator]
     t_run = time.perf_counter() - history["wall_s"]
 
@@ -333,3 +334,13 @@ def print_summary(summary: dict) -> None:
     Console(stderr=True).print(table)
     Console(stderr=True).print(f"peak memory {summary['peak_rss_mib']:.0f} MiB, {summary['params']:,} parameters")
 
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

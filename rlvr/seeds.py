@@ -1,0 +1,143 @@
+"""`rlvr seeds`: one experiment, many seeds, in parallel on Ray.
+
+    rlvr seeds --config experiments/tiny/kinds.yaml --seeds 0-7 --max-parallel 2 [--address auto]
+
+Each seed is a Ray task reserving the resources its config declares (`resources.cpus`,
+`resources.gpus`); the task runs `rlvr train` for that seed in a process of its own, so a seed
+that crashes (or is killed) fails alone. With no address Ray starts a local cluster in this
+process; `--address auto` joins a running one. Running the same command again skips finished
+seeds and resumes unfinished ones from their newest checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlvr.config import Config
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`0-7`, `0,2,5` or a mix (`0-3,8`) -> sorted unique seeds."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            seeds.update(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+        except ValueError:
+            raise ValueError(f"--seeds: cannot read {part!r} (use e.g. 0-7 or 0,2,5)") from None
+    if not seeds:
+        raise ValueError("--seeds: no seeds given")
+    return sorted(seeds)
+
+
+def seed_state(cfg: Config, seed: int) -> str:
+    """finished | partial | new, from the seed's run folder."""
+    run = Path(cfg.output_dir) / cfg.name / f"seed_{seed}"
+    summary = run / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("steps") == cfg.train.steps:
+        return "finished"
+    return "partial" if (run / "config.yaml").exists() else "new"
+
+
+def train_command(config: str, seed: int, overrides: list[str], resume: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "rlvr.cli", "train", "--config", config, *overrides, "--seed", str(seed), "--no-progress"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _run_seed(cmd: list[str], log_path: str, env: dict) -> tuple[int, str]:
+    """Inside the Ray task: the seed's training process; its output goes to the seed's log file."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    tail = Path(log_path).read_text()[-2000:]
+    return proc.returncode, tail
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    status: str  # finished (earlier), ok, failed
+    wall_s: float = 0.0
+    reason: str = ""
+
+
+def launch(
+    config_path: str,
+    cfg: Config,
+    seeds: list[int],
+    overrides: list[str],
+    max_parallel: int | None = None,
+    address: str | None = None,
+) -> list[SeedResult]:
+    import ray
+
+    results: dict[int, SeedResult] = {}
+    todo = []
+    for s in seeds:
+        state = seed_state(cfg, s)
+        if state == "finished":
+            results[s] = SeedResult(s, "finished")
+        else:
+            todo.append((s, state == "partial"))
+    if not todo:
+        return [results[s] for s in seeds]
+
+    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    # each seed's process limits its own OpenMP threads to the CPUs it reserved
+    threads = str(max(1, int(cfg.resources.cpus)))
+    task = ray.remote(num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus, max_retries=0)(_run_seed)
+    limit = max_parallel or len(todo)
+    running: dict = {}
+    queue = list(todo)
+    while queue or running:
+        while queue and len(running) < limit:
+            s, resume = queue.pop(0)
+            log = str(Path(cfg.output_dir) / cfg.name / f"seed_{s}" / "train.log")
+            ref = task.remote(train_command(config_path, s, overrides, resume), log, {**env, "OMP_NUM_THREADS": threads})
+            running[ref] = (s, time.perf_counter())
+            print(f"[seeds] seed {s}: {'resumed' if resume else 'started'}", file=sys.stderr, flush=True)
+        done, _ = ray.wait(list(running), num_returns=1)
+        for ref in done:
+            s, t0 = running.pop(ref)
+            try:
+                code, tail = ray.get(ref)
+            except Exception as e:  # the task itself died (node lost, killed)
+                code, tail = -1, f"{type(e).__name__}: {e}"
+            wall = time.perf_counter() - t0
+            if code == 0:
+                results[s] = SeedResult(s, "ok", wall)
+            else:
+                last = [line for line in tail.strip().splitlines() if line.strip()][-1:] or [""]
+                results[s] = SeedResult(s, "failed", wall, f"exit status {code}: {last[0][:300]}")
+            print(f"[seeds] seed {s}: {results[s].status} in {wall:.0f} s {results[s].reason}", file=sys.stderr, flush=True)
+    return [results[s] for s in seeds]
+
+
+def print_results(cfg: Config, results: list[SeedResult], wall_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.name}: {len(results)} seeds in {wall_s:.0f} s")
+    for col in ("seed", "status", "wall s", "held-out greedy pass", "reason"):
+        table.add_column(col)
+    for r in results:
+        summary = Path(cfg.output_dir) / cfg.name / f"seed_{r.seed}" / "summary.json"
+        final = json.loads(summary.read_text())["final"] if summary.exists() else {}
+        value = final.get("eval/heldout/greedy_pass_rate") if final else None
+        table.add_row(str(r.seed), r.status, f"{r.wall_s:.0f}" if r.wall_s else "-", f"{value:.3f}" if value is not None else "-", r.reason)
+    Console(stderr=True).print(table)
