@@ -25,8 +25,8 @@ def test_parse_seeds():
         parse_seeds("0,x")
 
 
-def run(*args, cwd=REPO):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def run(*args, cwd=REPO, **env_vars):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **env_vars}
     return subprocess.run([sys.executable, "-m", "rlvr.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
@@ -41,7 +41,9 @@ def seeded(tmp_path_factory):
 def test_each_seed_equals_a_single_run(seeded, tmp_path):
     out, proc = seeded
     assert "seed 0: started" in proc.stderr and "seed 1: started" in proc.stderr
-    single = run("train", "--config", str(TINY), "--output_dir", str(tmp_path), "--seed", "1", "--no-progress", *SHORT)
+    # the launcher gives each seed OMP_NUM_THREADS = resources.cpus (1): bit-for-bit equality needs the
+    # same thread count (float sums are ordered by threads)
+    single = run("train", "--config", str(TINY), "--output_dir", str(tmp_path), "--seed", "1", "--no-progress", *SHORT, OMP_NUM_THREADS="1")
     assert single.returncode == 0, single.stderr[-2000:]
     a, b = read_metrics(out / "kinds" / "seed_1"), read_metrics(tmp_path / "kinds" / "seed_1")
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(WALL_CLOCK)} for r in rows]  # noqa: E731
