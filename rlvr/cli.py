@@ -115,6 +115,27 @@ def cmd_seeds(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_seeds_extend(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rlvr seeds extend", description="continue the best seeds of an experiment")
+    p.add_argument("experiment", help="the experiment folder, e.g. runs/kinds")
+    p.add_argument("--top", type=int, required=True, help="how many of the best seeds")
+    p.add_argument("--by", default="eval/heldout/greedy_pass_rate", help="the metric that ranks seeds (its last value)")
+    p.add_argument("--steps", type=int, required=True, help="more steps for each chosen seed")
+    p.add_argument("--max-parallel", type=int)
+    p.add_argument("--address")
+    args = p.parse_args(argv)
+    from rlvr.config import ConfigError
+    from rlvr.seeds import extend, print_results
+
+    t = time.perf_counter()
+    try:
+        cfg, results = extend(args.experiment, args.top, args.by, args.steps, args.max_parallel, args.address)
+    except (FileNotFoundError, ValueError, ConfigError) as e:
+        return _fail(str(e))
+    print_results(cfg, results, time.perf_counter() - t)
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
 def cmd_compare(args) -> int:
     from rlvr.compare import compare
 
@@ -137,6 +158,9 @@ def cmd_verify(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["seeds", "extend"]:
+        return cmd_seeds_extend(argv[2:])
     parser = argparse.ArgumentParser(prog="rlvr", description="Reinforcement learning with verifiable rewards.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a policy with PPO against verifiers (one seed)")
@@ -156,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("recipe", help="pretrain -> sft -> dpo -> RLVR seeds -> evaluation, one command")
     r.add_argument("--config", required=True, help="recipe YAML (e.g. experiments/tiny/recipe.yaml)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    sd = sub.add_parser("seeds", help="run one experiment for many seeds in parallel on Ray")
-    sd.add_argument("--config", required=True)
+    sd = sub.add_parser("seeds", help="run one experiment for many seeds in parallel on Ray (also: seeds extend --help)")
+    sd.add_argument("--config", required=True, help="experiment YAML")
     sd.add_argument("--seeds", required=True, help="e.g. 0-7 or 0,2,5")
     sd.add_argument("--max-parallel", type=int, help="seeds running at once (default: as many as Ray's resources allow)")
     sd.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster in this process")

@@ -113,6 +113,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    kl_max: float = 5.0  # alert when the per-token KL to the reference exceeds this
+    entropy_min: float = 0.05  # alert when the policy entropy falls below this (collapse)
+    length_drift: float = 1.0  # alert when the mean response length moves by more than this ratio of its start
+    train_heldout_gap: float = 0.3  # alert when training pass rate exceeds held-out (sampled) pass rate by this
+
+
+@dataclass(frozen=True)
 class ResourcesConfig:
     cpus: float = 1.0  # CPUs one seed's Ray task reserves (rlvr seeds)
     gpus: float = 0.0  # GPUs one seed's Ray task reserves
@@ -131,6 +139,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def run_dir(self) -> Path:

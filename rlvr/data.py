@@ -50,10 +50,8 @@ def load_rows(source: str, split: str = "train") -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """JSONL read as written: Arrow would unify a column that is a string in one row and a
-    list or object in another (common for `ground_truth`), changing the values."""
-    rows = []
+def iter_jsonl(path: Path):
+    """(line number, row) for each non-blank line; a line that is not a JSON object is a DataError."""
     with path.open() as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -64,8 +62,13 @@ def _read_jsonl(path: Path) -> list[dict]:
                 raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {lineno}: a row must be a JSON object")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """JSONL read as written: Arrow would unify a column that is a string in one row and a
+    list or object in another (common for `ground_truth`), changing the values."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def normalize_rows(rows: list[dict], source: str) -> list[dict]:

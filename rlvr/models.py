@@ -14,6 +14,7 @@ plain causal LM that vLLM serves unchanged.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -114,3 +115,20 @@ def load_critic(path: str | Path, dtype: str = "float32", from_policy: bool = Fa
             if getattr(head, "bias", None) is not None:
                 head.bias.zero_()
     return critic
+
+
+def initial_model(cfg, run_dir: Path, tokenizer_text: list[str]) -> str:
+    """The model a run (RL or a stage) starts from: `cfg.model.name_or_path` (a hub id or folder),
+    or a tiny model of `cfg.model.tiny` built once, seeded by `cfg.seed`, into `<run_dir>/init_model`."""
+    if cfg.model.name_or_path:
+        return cfg.model.name_or_path
+    out = run_dir / "init_model"
+    if not (out / "config.json").exists():
+        tokenizer = train_word_tokenizer(tokenizer_text)
+        model = build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
+        tmp = run_dir / ".tmp_init_model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return str(out)

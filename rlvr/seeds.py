@@ -141,3 +141,42 @@ def print_results(cfg: Config, results: list[SeedResult], wall_s: float) -> None
         value = final.get("eval/heldout/greedy_pass_rate") if final else None
         table.add_row(str(r.seed), r.status, f"{r.wall_s:.0f}" if r.wall_s else "-", f"{value:.3f}" if value is not None else "-", r.reason)
     Console(stderr=True).print(table)
+
+
+def final_metric(run_dir: Path, tag: str) -> float | None:
+    """The last logged value of `tag` in a seed's metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    value = None
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if tag in row:
+            value = row[tag]
+    return value
+
+
+def extend(experiment_dir: str, top: int, by: str, steps: int, max_parallel: int | None = None, address: str | None = None):
+    """Continue the `top` best seeds (by the last value of `by`) for `steps` more steps from their
+    newest checkpoints. The LR schedule is recomputed for the new total number of steps."""
+    from rlvr.config import load_config
+
+    root = Path(experiment_dir)
+    seed_dirs = sorted((int(d.name.split("_")[1]), d) for d in root.glob("seed_*") if (d / "config.yaml").exists())
+    if not seed_dirs:
+        raise FileNotFoundError(f"{root}: no seed_<k>/ runs with a config.yaml")
+    scored = [(final_metric(d, by), s, d) for s, d in seed_dirs]
+    ranked = sorted([x for x in scored if x[0] is not None], key=lambda x: (-x[0], x[1]))
+    if not ranked:
+        raise ValueError(f"no seed in {root} has logged {by!r}")
+    chosen = ranked[:top]
+    config_path = str(chosen[0][2] / "config.yaml")
+    base = load_config(config_path)
+    new_total = base.train.steps + steps
+    overrides = ["--train.steps", str(new_total)]
+    cfg = load_config(config_path, overrides)
+    print(
+        "[seeds] extending " + ", ".join(f"seed {s} ({by} = {v:.3f})" for v, s, _ in chosen) + f" to {new_total} steps",
+        file=sys.stderr,
+    )
+    return cfg, launch(config_path, cfg, [s for _, s, _ in chosen], overrides, max_parallel=max_parallel, address=address)

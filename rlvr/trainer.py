@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -27,7 +25,8 @@ from rlvr.baselines import gae
 from rlvr.config import Config, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, make_batch
-from rlvr.models import build_tiny_model, load_critic, load_policy, load_tokenizer, num_params, train_word_tokenizer
+from rlvr.monitors import Monitor
+from rlvr.models import initial_model, load_critic, load_policy, load_tokenizer, num_params
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, token_rewards
 from rlvr.rollouts import Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
@@ -79,22 +78,6 @@ def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
 
         text.append(" ".join(kinds_vocabulary()))
     return train, heldout, text
-
-
-def initial_model(cfg: Config, run_dir: Path, tokenizer_text: list[str]) -> str:
-    """The policy the run starts from: a hub id / folder, or a tiny model built once into the run folder."""
-    if cfg.model.name_or_path:
-        return cfg.model.name_or_path
-    out = run_dir / "init_model"
-    if not (out / "config.json").exists():
-        tokenizer = train_word_tokenizer(tokenizer_text)
-        model = build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
-        tmp = run_dir / ".tmp_init_model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
-    return str(out)
 
 
 def evaluate(engine, scorer: VerifierPool, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str, float], list[str]]:
@@ -159,12 +142,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
 
     start_step = 0
     history: dict = {"first_eval": None, "last_eval": None, "wall_s": 0.0}
+    monitor = Monitor(cfg.monitor)
     if last:
         state = ckpt.load_trainer_state(last)
         learner.load_state_dict(state["learner"])
         sampler.load_state_dict(state["sampler"])
         shuffle.set_state(state["shuffle"])
         history = state["history"]
+        monitor.load_state_dict(state["monitor"])
         start_step = state["step"]
         ckpt.set_rng_state(state["rng"])
 
@@ -266,6 +251,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 m.update(metrics)
                 history["last_eval"] = metrics
                 log.text("eval/samples", "\n\n".join(samples), step)
+            alerts, messages = monitor.check(m)
+            m.update(alerts)
+            for msg in messages:
+                _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: {msg}")
             history["wall_s"] = time.perf_counter() - t_run
             m["time/elapsed_s"] = history["wall_s"]
             log.scalars(step, m)
@@ -289,6 +278,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                         "sampler": sampler.state_dict(),
                         "shuffle": shuffle.get_state(),
                         "history": history,
+                        "monitor": monitor.state_dict(),
                     },
                     keep=cfg.train.keep_checkpoints,
                 )
@@ -344,3 +334,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def _say(bar, message: str) -> None:
+    """A console line that does not break the progress bar."""
+    import sys
+
+    (bar.write if hasattr(bar, "write") else lambda m: print(m, file=sys.stderr))(message)

@@ -12,6 +12,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from rlvr.data import DataError, iter_jsonl
 from rlvr.verifiers import VerifierPool, VerifierResult, available_verifiers, get_verifier, load_verifier_file
 from rlvr.verifiers.base import STATUSES
 
@@ -27,20 +28,14 @@ def read_rows(path: str, verifier: str | None) -> list[dict]:
     if not p.is_file():
         raise VerifyInputError(f"input file not found: {path}")
     rows = []
+    known = set(available_verifiers())
     try:
-        lines = p.read_text().splitlines()
+        numbered = list(iter_jsonl(p))
+    except DataError as e:
+        raise VerifyInputError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise VerifyInputError(f"cannot read {path}: {e}") from None
-    known = set(available_verifiers())
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VerifyInputError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise VerifyInputError(f"{path} line {lineno}: a row must be a JSON object")
+    for lineno, row in numbered:
         if not isinstance(row.get("completion"), str):
             raise VerifyInputError(f"{path} line {lineno}: needs a 'completion' string")
         name = verifier or row.get("verifier")

@@ -116,3 +116,18 @@ def test_tensorboard_server_sees_every_seed_and_the_aggregate(seeded, tmp_path):
     finally:
         tb.terminate()
         tb.wait(timeout=10)
+
+
+def test_extend_continues_the_best_seeds(seeded):
+    out, _ = seeded
+    from rlvr.seeds import final_metric
+
+    values = {s: final_metric(out / "kinds" / f"seed_{s}", "reward/mean") for s in (0, 1)}
+    best = max(values, key=values.get)
+    proc = run("seeds", "extend", str(out / "kinds"), "--top", "1", "--by", "reward/mean", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"extending seed {best}" in proc.stderr and f"seed {best}: resumed" in proc.stderr
+    rows = read_metrics(out / "kinds" / f"seed_{best}")
+    assert rows[-1]["step"] == 8
+    other = read_metrics(out / "kinds" / f"seed_{1 - best}")
+    assert other[-1]["step"] == 6

@@ -22,7 +22,7 @@ import torch
 from rlvr import checkpoint as ckpt
 from rlvr.config import StageConfig, to_yaml
 from rlvr.learner import lr_lambda
-from rlvr.models import build_tiny_model, load_policy, load_tokenizer, num_params, train_word_tokenizer
+from rlvr.models import initial_model, load_policy, load_tokenizer, num_params
 from rlvr.rollouts import derive_seed
 from rlvr.runlog import RunLogger
 
@@ -161,22 +161,6 @@ def encode(cfg: StageConfig, mode: str, items: list, tokenizer) -> tuple[torch.T
 
 
 # ------------------------------------------------------------------------------------ model
-
-
-def initial_model(cfg: StageConfig, run_dir: Path, tokenizer_text: list[str]) -> str:
-    """The stage's starting model: a hub id / folder, or a tiny model built once into the run folder."""
-    if cfg.model.name_or_path:
-        return cfg.model.name_or_path
-    out = run_dir / "init_model"
-    if not (out / "config.json").exists():
-        tokenizer = train_word_tokenizer(tokenizer_text)
-        model = build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
-        tmp = run_dir / ".tmp_init_model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
-    return str(out)
 
 
 def lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, int]:
