@@ -105,7 +105,14 @@ def cmd_seeds(args, overrides: list[str]) -> int:
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
     t = time.perf_counter()
-    results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
+    if args.halving_every > 0:
+        from rlvr.seeds import successive_halving
+
+        results, _ = successive_halving(
+            args.config, cfg, seeds, overrides, args.halving_every, args.halving_metric, args.max_parallel, args.address
+        )
+    else:
+        results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
     print_results(cfg, results, time.perf_counter() - t)
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     sd = sub.add_parser("seeds", help="run one experiment for many seeds in parallel on Ray (also: seeds extend --help)")
     sd.add_argument("--config", required=True, help="experiment YAML")
     sd.add_argument("--seeds", required=True, help="e.g. 0-7 or 0,2,5")
+    sd.add_argument("--halving-every", type=int, default=0, help="successive halving: cull half the seeds at this step, twice it, ... (off: 0)")
+    sd.add_argument("--halving-metric", default="eval/heldout/greedy_pass_rate", help="the metric that decides who stays")
     sd.add_argument("--max-parallel", type=int, help="seeds running at once (default: as many as Ray's resources allow)")
     sd.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster in this process")
     cp = sub.add_parser("compare", help="statistics across seeds and experiments from TensorBoard event files")

@@ -110,6 +110,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     log_samples: int = 2  # completions shown as text in TensorBoard each eval
     pass_threshold: float = 1.0  # a completion passes when its score is >= this
+    stop_at: int = 0  # stop (evaluated and checkpointed, resumable) at this step; 0: run all `steps`. The LR schedule still spans `steps`.
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,36 @@ def extend(experiment_dir: str, top: int, by: str, steps: int, max_parallel: int
         file=sys.stderr,
     )
     return cfg, launch(config_path, cfg, [s for _, s, _ in chosen], overrides, max_parallel=max_parallel, address=address)
+
+
+def successive_halving(
+    config_path: str,
+    cfg: Config,
+    seeds: list[int],
+    overrides: list[str],
+    every: int,
+    metric: str,
+    max_parallel: int | None = None,
+    address: str | None = None,
+) -> tuple[list[SeedResult], list[dict]]:
+    """Early culling: run every seed to step `every`, keep the better half by `metric` (its last
+    value, i.e. the held-out evaluation at the stop), run those to `2 * every`, and so on; the last
+    survivor(s) run to the end. Stopped seeds keep resumable checkpoints (`rlvr seeds extend`)."""
+    survivors, stop, rounds = list(seeds), every, []
+    results: dict[int, SeedResult] = {}
+    while stop < cfg.train.steps and len(survivors) > 1:
+        stop_args = [*overrides, "--train.stop_at", str(stop)]
+        for r in launch(config_path, cfg, survivors, stop_args, max_parallel, address):
+            results[r.seed] = r
+        alive = [s for s in survivors if results[s].status != "failed"]
+        scores = {s: final_metric(Path(cfg.output_dir) / cfg.name / f"seed_{s}", metric) for s in alive}
+        ranked = sorted(alive, key=lambda s: (-(scores[s] if scores[s] is not None else float("-inf")), s))
+        keep = ranked[: max(1, (len(ranked) + 1) // 2)]
+        rounds.append({"step": stop, "scores": scores, "kept": keep, "culled": [s for s in ranked if s not in keep]})
+        print(f"[seeds] halving at step {stop}: kept {keep}, culled {rounds[-1]['culled']} by {metric}", file=sys.stderr)
+        for s in rounds[-1]["culled"]:
+            results[s] = SeedResult(s, f"culled at {stop}")
+        survivors, stop = keep, stop * 2
+    for r in launch(config_path, cfg, survivors, overrides, max_parallel, address):
+        results[r.seed] = r
+    return [results[s] for s in seeds], rounds

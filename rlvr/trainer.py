@@ -176,7 +176,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             history["first_eval"] = history["last_eval"] = metrics
             log.scalars(0, {"model/params": num_params(policy), **metrics})
             log.text("eval/samples", "\n\n".join(samples), 0)
-        bar = _progress(range(start_step + 1, cfg.train.steps + 1), progress, cfg)
+        end = min(cfg.train.steps, cfg.train.stop_at) if cfg.train.stop_at > 0 else cfg.train.steps
+        bar = _progress(range(start_step + 1, end + 1), progress, cfg)
         for step in bar:
             m: dict[str, float] = {}
             # 1. sample prompts, generate n completions each
@@ -244,7 +245,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
             m["value/mean"] = masked_mean(old_values, batch.mask).item()
             m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.eval_every == 0 or step == end:
                 t = time.perf_counter()
                 metrics, samples = evaluate(engine, scorer, heldout, cfg, step)
                 m["time/eval_s"] = time.perf_counter() - t
@@ -266,7 +267,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 )
 
             # 7. checkpoint
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            if step % cfg.train.checkpoint_every == 0 or step == end:
                 ckpt.save_checkpoint(
                     run_dir,
                     step,
@@ -291,13 +292,15 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         "experiment": cfg.name,
         "seed": cfg.seed,
         "steps": cfg.train.steps,
+        "stopped_at": None if end == cfg.train.steps else end,
         "wall_s": round(history["wall_s"], 2),
         "initial": history["first_eval"],
         "final": history["last_eval"],
         "params": num_params(policy),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if end == cfg.train.steps:  # a run stopped early (train.stop_at) is not finished: no summary.json
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -131,3 +131,23 @@ def test_extend_continues_the_best_seeds(seeded):
     assert rows[-1]["step"] == 8
     other = read_metrics(out / "kinds" / f"seed_{1 - best}")
     assert other[-1]["step"] == 6
+
+
+def test_successive_halving_culls_by_the_held_out_metric(tmp_path):
+    from rlvr.seeds import final_metric
+
+    args = ["--train.steps", "8", "--train.eval_every", "2", "--train.checkpoint_every", "2"]
+    proc = run("seeds", "--config", str(TINY), "--seeds", "0-3", "--max-parallel", "2", "--output_dir", str(tmp_path),
+               "--halving-every", "2", "--halving-metric", "reward/mean", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    root = tmp_path / "kinds"
+    last_step = {s: read_metrics(root / f"seed_{s}")[-1]["step"] for s in range(4)}
+    assert sorted(last_step.values()) == [2, 2, 4, 8]  # 4 seeds -> 2 at step 2 -> 1 at step 4 -> the end
+    finished = [s for s in range(4) if (root / f"seed_{s}" / "summary.json").exists()]
+    assert finished == [s for s, v in last_step.items() if v == 8]
+    # the seeds kept at step 2 had the highest reward/mean there
+    at2 = {s: next(r["reward/mean"] for r in read_metrics(root / f"seed_{s}") if r["step"] == 2) for s in range(4)}
+    kept = sorted(s for s, v in last_step.items() if v >= 4)
+    assert kept == sorted(sorted(at2, key=lambda s: -at2[s])[:2])
+    assert "halving at step 2" in proc.stderr and "culled at 2" in proc.stderr
+    assert final_metric(root / f"seed_{finished[0]}", "reward/mean") is not None
