@@ -20,12 +20,12 @@ import torch.nn.functional as F
 
 from rlvr import checkpoint as ckpt
 from rlvr.config import StageConfig, to_yaml
-from rlvr.learner import lr_lambda, make_batch, response_logits
+from rlvr.learner import make_batch, response_logits
 from rlvr.models import load_policy, load_tokenizer, num_params
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
-from rlvr.stages.lm import StageError, finish, prepare_run, render_chat
+from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, render_chat, restore
 
 
 def dpo_loss(
@@ -190,15 +190,8 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
     model = load_policy(str(last / "policy") if last else start_path, cfg.model.dtype).train()
     o = cfg.optim
     steps = o.steps if o.steps > 0 else cfg.dpo.epochs * -(-len(pairs) // o.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.adam_betas, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.lr_schedule, o.warmup_steps, steps))
-    step, history = 0, {"pairs": len(pairs), **pair_stats, "wall_s": 0.0, "last": {}}
-    if last:
-        state = ckpt.load_trainer_state(last)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, history = state["step"], state["history"]
-        ckpt.set_rng_state(state["rng"])
+    opt, sched = make_optimizer(model, o, steps)
+    step, history = restore(last, opt, sched, {"pairs": len(pairs), **pair_stats, "wall_s": 0.0, "last": {}})
     log = RunLogger(run_dir, resume_step=step)
     if step == 0:
         log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)

@@ -198,6 +198,23 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
 # ------------------------------------------------------------------------------------ loop
 
 
+def make_optimizer(model, o, steps: int):
+    """AdamW and its warm-up + decay schedule over `steps` optimizer steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.adam_betas, weight_decay=o.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.lr_schedule, o.warmup_steps, steps))
+
+
+def restore(last: Path | None, opt, sched, history: dict) -> tuple[int, dict]:
+    """(step, history) from checkpoint `last` (optimizer, schedule and RNG restored), or (0, history)."""
+    if last is None:
+        return 0, history
+    state = ckpt.load_trainer_state(last)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    ckpt.set_rng_state(state["rng"])
+    return state["step"], state["history"]
+
+
 def prepare_run(cfg: StageConfig, resume: bool) -> Path | None:
     run_dir = cfg.run_dir
     if not resume and (run_dir / "config.yaml").exists():
@@ -224,15 +241,8 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
     eval_ids, eval_labels = encode(cfg, mode, eval_items, tokenizer) if eval_items else (None, None)
 
     o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.adam_betas, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.lr_schedule, o.warmup_steps, o.steps))
-    step, history = 0, {"first_eval_loss": None, "last_eval_loss": None, "wall_s": 0.0}
-    if last:
-        state = ckpt.load_trainer_state(last)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, history = state["step"], state["history"]
-        ckpt.set_rng_state(state["rng"])
+    opt, sched = make_optimizer(model, o, o.steps)
+    step, history = restore(last, opt, sched, {"first_eval_loss": None, "last_eval_loss": None, "wall_s": 0.0})
     log = RunLogger(run_dir, resume_step=step)
     pad = tokenizer.pad_token_id
     t_run = time.perf_counter() - history["wall_s"]
