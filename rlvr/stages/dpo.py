@@ -25,7 +25,7 @@ from rlvr.models import load_policy, load_tokenizer, num_params
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
-from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, render_chat, restore
+from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, render_chat, restore, stage_rows
 
 
 def dpo_loss(
@@ -79,12 +79,7 @@ def _answer_ids(tokenizer, answer) -> list[int]:
 
 
 def pairs_from_file(source: str, tokenizer) -> list[dict]:
-    from rlvr.data import DataError, load_rows
-
-    try:
-        rows = load_rows(source)
-    except DataError as e:
-        raise StageError(str(e)) from None
+    rows = stage_rows(source)
     pairs = []
     for i, row in enumerate(rows):
         if not (isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):

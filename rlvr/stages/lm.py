@@ -36,19 +36,24 @@ class StageError(ValueError):
 # ------------------------------------------------------------------------------------ data
 
 
+def stage_rows(source: str) -> list[dict]:
+    """Rows of a stage's data file, folder or hub dataset; a bad source is a StageError."""
+    from rlvr.data import DataError, load_rows
+
+    try:
+        return load_rows(source)
+    except DataError as e:
+        raise StageError(str(e)) from None
+
+
 def read_texts(source: str) -> list[str]:
-    """Documents from a .txt file (one per non-empty line... blank-line separated blocks are kept
-    whole), or from the `text` column of JSONL/Parquet/a hub dataset."""
+    """Documents from a .txt file (blocks separated by a blank line), or from the `text` column
+    of JSONL/Parquet/a hub dataset."""
     path = Path(source)
     if path.is_file() and path.suffix == ".txt":
         blocks = [b.strip() for b in path.read_text().split("\n\n")]
         return [b for b in blocks if b]
-    from rlvr.data import DataError, load_rows
-
-    try:
-        rows = load_rows(source)
-    except DataError as e:
-        raise StageError(str(e)) from None
+    rows = stage_rows(source)
     texts = []
     for i, row in enumerate(rows):
         if not isinstance(row.get("text"), str):
@@ -59,12 +64,7 @@ def read_texts(source: str) -> list[str]:
 
 def read_chats(source: str) -> list[list[dict]]:
     """`messages` lists (the usual chat JSONL) ending with an assistant turn."""
-    from rlvr.data import DataError, load_rows
-
-    try:
-        rows = load_rows(source)
-    except DataError as e:
-        raise StageError(str(e)) from None
+    rows = stage_rows(source)
     out = []
     for i, row in enumerate(rows):
         msgs = row.get("messages")
