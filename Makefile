@@ -2,7 +2,7 @@
 # Each creates/updates .venv from the project's own files first (scripts/setup_env.sh).
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench compare-baselines clean
 
 venv:
 	@bash scripts/setup_env.sh
@@ -19,6 +19,13 @@ test-slow: venv  # (exit status 5 = no test marked slow yet)
 bench: venv
 	$(PY) scripts/bench_rollouts.py
 	$(PY) scripts/bench_verifiers.py
+
+# PPO and the critic-free baselines on the tiny task, 3 seeds each, then their comparison
+# (README "Baselines"); about 7 minutes on 2 cores.
+BASELINES := ppo grpo rloo reinforce_pp dapo
+compare-baselines: venv
+	for b in $(BASELINES); do .venv/bin/rlvr seeds --config experiments/tiny/baselines/$$b.yaml --seeds 0-2 --max-parallel 2 || exit 1; done
+	.venv/bin/rlvr compare $(addprefix runs/baselines/,$(BASELINES)) --out runs/baselines/compare
 
 clean:
 	rm -rf runs bench_out .pytest_cache

@@ -1,5 +1,6 @@
-"""Advantage baselines (and, later, the non-gradient baselines PPO is compared against)."""
+"""What PPO is compared against: advantage baselines that replace the critic (`algo.baseline`),
+and the non-gradient baselines (best-of-N with a verifier, rejection-sampling fine-tuning)."""
 
-from rlvr.baselines.advantages import ADVANTAGES, gae, get_advantage_fn
+from rlvr.baselines.advantages import BASELINES, Baseline, compute_advantages, gae, get_baseline, register_baseline
 
-__all__ = ["ADVANTAGES", "gae", "get_advantage_fn"]
+__all__ = ["BASELINES", "Baseline", "compute_advantages", "gae", "get_baseline", "register_baseline"]

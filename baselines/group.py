@@ -2,7 +2,7 @@
 
 Signature: `(rewards_B, group_ids_B, mask_BT) -> advantages_BT`; rollouts with the same group id
 are the n samples of one prompt, and each sequence's advantage is broadcast over its tokens.
-(Not yet selectable in the training loop: `gae` with a learned critic is what `rlvr train` uses.)
+`rlvr.baselines.advantages` registers them (with `gae` and `reinforce_pp`) for `algo.baseline`.
 """
 
 from __future__ import annotations
@@ -58,13 +58,6 @@ def rloo(rewards_B, group_ids_B, mask_BT, eps: float = 0.0):
     mean, _, k = _group_stats(rewards_B, group_ids_B)
     loo = (mean * k - rewards_B) / (k - 1).clamp(min=1)
     return _per_token(torch.where(k > 1, rewards_B - loo, torch.zeros_like(rewards_B)), mask_BT)
-
-
-@_register("reinforce_pp")
-def reinforce_pp(rewards_B, group_ids_B, mask_BT, eps: float = 1e-6):
-    """REINFORCE++ (Hu 2025): rewards normalised over the whole batch, no per-prompt baseline."""
-    r = rewards_B.float()
-    return _per_token((r - r.mean()) / (r.std() + eps), mask_BT)
 
 
 @_register("none")

@@ -2,6 +2,8 @@
 
     cfg = load_config("experiments/tiny/kinds.yaml", ["--ppo.kl_coef", "0.02"])
 
+A file may start from another with `base: ../kinds.yaml` and give only what differs.
+
 Every knob the code reads is a field here with a one-line doc. An unknown key, a value of
 the wrong type or a missing file raises `ConfigError` with a one-line message that names
 the key (and the closest valid one); the CLI turns it into exit status 2 before anything
@@ -86,12 +88,36 @@ class PPOConfig:
     vf_coef: float = 0.5  # weight of the value loss (the critic has its own optimizer)
     gamma: float = 1.0  # GAE discount (Tulu 3: 1.0)
     lam: float = 0.95  # GAE lambda (Tulu 3: 0.95)
-    whiten_advantages: bool = True  # masked mean/std normalisation over the batch
+    whiten_advantages: bool = True  # masked mean/std normalisation over the batch (algo.baseline gae only; the others normalise themselves)
     kl_coef: float = 0.05  # beta (Tulu 3 RLVR: 0.01-0.1)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # Schulman's estimators of KL(pi || ref)
     kl_penalty: Literal["reward", "loss"] = "reward"  # k1 in the reward (Tulu 3) or e.g. k3 in the loss (GRPO)
     entropy_coef: float = 0.0  # entropy bonus in the policy loss; entropy is always logged
     critic_warmup_steps: int = 0  # steps that train only the critic
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Which policy-gradient method: the advantage baseline and the DAPO options (each opt-in)."""
+
+    baseline: str = "gae"  # gae (PPO's critic) | grpo | dr_grpo | rloo | reinforce_pp | none (rlvr.baselines); only gae builds a critic
+    loss_agg: Literal["token", "sequence", "constant"] = "token"  # token mean over the minibatch (DAPO) | per-sequence mean, then mean (GRPO) | sum / (sequences * max_new_tokens) (Dr. GRPO)
+    dynamic_sampling: bool = False  # DAPO: drop prompts whose samples all get the same reward; sample more prompts to refill the batch
+    dynamic_sampling_rounds: int = 4  # most generation rounds per step when refilling; a step trains on what it has after them
+    overlong_filter: bool = False  # DAPO: completions cut at max_new_tokens carry no loss
+    overlong_buffer: int = 0  # DAPO soft overlong penalty over the last N tokens before max_new_tokens (0: off)
+    overlong_penalty: float = 1.0  # the penalty at max_new_tokens (linear from 0 at max_new_tokens - overlong_buffer)
+    tis_cap: float = 0.0  # truncated importance sampling: weight each token by min(pi_learner / pi_sampler, cap); 0: off
+
+    def __post_init__(self):
+        from rlvr.baselines import BASELINES
+
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"algo.baseline must be one of {', '.join(sorted(BASELINES))}, got {self.baseline!r}")
+        if self.dynamic_sampling_rounds < 1:
+            raise ConfigError("algo.dynamic_sampling_rounds must be at least 1")
+        if self.overlong_buffer < 0 or self.tis_cap < 0:
+            raise ConfigError("algo.overlong_buffer and algo.tis_cap must not be negative")
 
 
 @dataclass(frozen=True)
@@ -135,12 +161,24 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def __post_init__(self):
+        a, n = self.algo, self.rollout.samples_per_prompt
+        group = a.baseline in ("grpo", "dr_grpo", "rloo")
+        if (group or a.dynamic_sampling) and n < 2:
+            what = f"algo.baseline {a.baseline}" if group else "algo.dynamic_sampling"
+            raise ConfigError(f"{what} needs rollout.samples_per_prompt >= 2, got {n}")
+        if a.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ConfigError(
+                f"algo.overlong_buffer ({a.overlong_buffer}) must be below rollout.max_new_tokens ({self.rollout.max_new_tokens})"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -155,19 +193,42 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raw = _read_yaml(path, ())
     for key, value in _parse_overrides(overrides).items():
         _set_dotted(raw, key, value, cls)
     if hasattr(cls, "run_dir") and not raw.get("name"):
         raw["name"] = path.stem if path is not None else "default"
     return _build(cls, raw, prefix="")
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A YAML mapping; `base: other.yaml` (relative to this file) is read first and this file's
+    keys are merged over it, section by section. The base's `name` is not inherited."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: `base` files form a cycle")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name, got {base!r}")
+    parent = _read_yaml(path.parent / base, chain + (path.resolve(),))
+    parent.pop("name", None)
+    return _merge(parent, raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _parse_overrides(args: list[str]) -> dict[str, Any]:

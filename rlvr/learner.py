@@ -19,6 +19,7 @@ from rlvr.ppo import (
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
+    loss_weights,
     masked_mean,
     token_logprobs,
 )
@@ -105,8 +106,13 @@ class PPOLearner:
         cfg: PPOConfig,
         total_steps: int,
         pad_id: int,
+        loss_agg: str = "token",
+        max_new_tokens: int = 0,
     ):
+        """`critic` None: a critic-free baseline (no value loss); `loss_agg`/`max_new_tokens`:
+        how the policy loss aggregates over tokens (rlvr.ppo.loss_weights)."""
         self.policy, self.critic, self.ref, self.cfg, self.pad_id = policy, critic, ref, cfg, pad_id
+        self.loss_agg, self.max_new_tokens = loss_agg, max_new_tokens
         # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
         self.device = next(policy.parameters()).device
         if ref is not None:
@@ -154,13 +160,18 @@ class PPOLearner:
         ref_logp_BT: torch.Tensor | None,
         train_policy: bool = True,
         generator: torch.Generator | None = None,
+        is_weights_BT: torch.Tensor | None = None,
     ) -> dict[str, float]:
-        """Epochs x minibatches of PPO; returns the mean of each statistic over minibatches."""
+        """Epochs x minibatches of PPO; returns the mean of each statistic over minibatches.
+
+        `returns_BT`/`old_values_BT` are None without a critic; `is_weights_BT` multiplies each
+        token's policy loss (truncated importance sampling). A batch that does not divide into
+        `ppo.num_minibatches` (dynamic sampling) is split into near-equal parts.
+        """
         cfg = self.cfg
         B = len(batch)
-        if B % cfg.num_minibatches:
-            raise ValueError(f"batch of {B} rollouts does not split into ppo.num_minibatches={cfg.num_minibatches}")
-        mb_size = B // cfg.num_minibatches
+        if B < cfg.num_minibatches:
+            raise ValueError(f"batch of {B} rollouts is smaller than ppo.num_minibatches={cfg.num_minibatches}")
         kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
         kl_in_loss = cfg.kl_penalty == "loss" and cfg.kl_coef > 0 and ref_logp_BT is not None
         sums: dict[str, float] = {}
@@ -170,9 +181,11 @@ class PPOLearner:
             self.critic.train()
         for _ in range(cfg.epochs):
             order = torch.randperm(B, generator=generator)
-            for start in range(0, B, mb_size):
-                idx = order[start : start + mb_size]
+            for idx in order.tensor_split(cfg.num_minibatches):
                 num_tokens = batch.mask[idx].sum().clamp(min=1).item()
+                weights = loss_weights(batch.mask[idx], self.loss_agg, self.max_new_tokens)
+                if is_weights_BT is not None:
+                    weights = weights * is_weights_BT[idx]
                 stats: dict[str, float] = {}
                 if train_policy:
                     self.policy_opt.zero_grad(set_to_none=True)
@@ -182,12 +195,13 @@ class PPOLearner:
                     midx = idx[mstart : mstart + cfg.micro_batch_size]
                     mb = batch.rows(midx).to(self.device)
                     on_device = lambda t: t[midx].to(self.device)  # noqa: E731
+                    w = weights[mstart : mstart + cfg.micro_batch_size].to(self.device)
                     share = mb.mask.sum().item() / num_tokens  # this micro-batch's weight in token means
                     if train_policy:
                         logits = response_logits(self.policy, mb)
                         logp = token_logprobs(logits, mb.response_ids)
                         loss, pstats = clipped_policy_loss(
-                            logp, on_device(old_logp_BT), on_device(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, num_tokens
+                            logp, on_device(old_logp_BT), on_device(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, w
                         )
                         entropy = entropy_from_logits(logits)
                         _acc(stats, "loss/policy", loss.item())
@@ -195,9 +209,9 @@ class PPOLearner:
                         for k, v in pstats.items():
                             _acc(stats, f"policy/{k}", v.item() * share)
                         if cfg.entropy_coef:
-                            loss = loss - cfg.entropy_coef * (entropy * mb.mask).sum() / num_tokens
+                            loss = loss - cfg.entropy_coef * (entropy * w).sum()
                         if kl_in_loss:
-                            kl_loss = (kl_fn(logp, on_device(ref_logp_BT)) * mb.mask).sum() / num_tokens
+                            kl_loss = (kl_fn(logp, on_device(ref_logp_BT)) * w).sum()
                             _acc(stats, "loss/kl", kl_loss.item())
                             loss = loss + cfg.kl_coef * kl_loss
                         loss.backward()

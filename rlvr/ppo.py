@@ -1,9 +1,9 @@
 """PPO math as small pure functions over padded tensors.
 
 Shapes: B rollouts, T response tokens (right-padded); `mask_BT` is 1 on real response
-tokens. Losses aggregate at the token level: the sum over every real token of the
-minibatch divided by `num_tokens` (the minibatch's token count), so that gradient
-accumulation over micro-batches equals one pass over the whole minibatch.
+tokens. A loss is a weighted sum over the real tokens of a minibatch, with weights from
+`loss_weights` computed once for the whole minibatch (token-level: 1 / its token count), so
+that gradient accumulation over micro-batches equals one pass over the whole minibatch.
 """
 
 from __future__ import annotations
@@ -93,6 +93,39 @@ def token_rewards(
     return rewards_BT
 
 
+# ------------------------------------------------------------------------------ loss aggregation
+
+
+def loss_weights(mask_BT: torch.Tensor, agg: str, max_len: int) -> torch.Tensor:
+    """Per-token weights whose weighted sum of a per-token loss is the minibatch's loss.
+
+    token     sum over all tokens / number of tokens (DAPO's token-level loss; long answers
+              weigh in proportion to their length)
+    sequence  mean over each sequence's tokens, then mean over sequences (GRPO as published)
+    constant  sum over all tokens / (sequences * max_len) (Dr. GRPO: no length normalisation)
+    """
+    mask = mask_BT.float()
+    if agg == "token":
+        return mask / mask.sum().clamp(min=1)
+    if agg == "sequence":
+        return mask / (mask.sum(1, keepdim=True).clamp(min=1) * len(mask))
+    if agg == "constant":
+        return mask / (len(mask) * max_len)
+    raise ValueError(f"unknown loss aggregation {agg!r}: token, sequence or constant")
+
+
+def tis_weights(
+    old_logp_BT: torch.Tensor, sampler_logp_BT: torch.Tensor, mask_BT: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025): min(pi_learner / pi_sampler, cap) per token.
+
+    The sampler (vLLM, other kernels or precision, possibly older weights) is not exactly the
+    learner's policy; weighting each token's loss by this capped ratio corrects the gradient
+    for the mismatch without letting a rare token's ratio blow it up.
+    """
+    return torch.clamp(torch.exp(old_logp_BT - sampler_logp_BT), max=cap) * mask_BT
+
+
 # ------------------------------------------------------------------------------ losses
 
 
@@ -103,19 +136,19 @@ def clipped_policy_loss(
     mask_BT: torch.Tensor,
     clip_low: float,
     clip_high: float,
-    num_tokens: float,
+    weights_BT: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), with separate lower/upper clip (DAPO).
 
-    L = sum_t max(-A_t * rho_t, -A_t * clip(rho_t, 1 - clip_low, 1 + clip_high)) / num_tokens,
-    rho_t = exp(logp_t - old_logp_t).
+    L = sum_t w_t * max(-A_t * rho_t, -A_t * clip(rho_t, 1 - clip_low, 1 + clip_high)),
+    rho_t = exp(logp_t - old_logp_t), w_t from `loss_weights` (times any IS weight).
     """
     log_ratio = logp_BT - old_logp_BT
     ratio = torch.exp(log_ratio)
     unclipped = -advantages_BT * ratio
     clipped = -advantages_BT * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     per_token = torch.maximum(unclipped, clipped)
-    loss = (per_token * mask_BT).sum() / num_tokens
+    loss = (per_token * weights_BT * mask_BT).sum()
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).float(), mask_BT),

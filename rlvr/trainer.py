@@ -4,8 +4,11 @@ PPO update -> sync weights -> log -> checkpoint.
 What it keeps from Tulu 3 / open-instruct PPO: a separate critic initialised from the
 policy, GAE(gamma=1, lambda=0.95), whitened advantages, the verifier score as a sparse
 reward on the last token, KL to a frozen reference either as k1 in the per-token reward
-or as an estimator in the loss, token-level loss aggregation. What it drops (for now):
-several ranks (DeepSpeed), asynchronous generation, reward models.
+or as an estimator in the loss, token-level loss aggregation. `algo.baseline` swaps the
+critic for a critic-free baseline (GRPO, Dr. GRPO, RLOO, REINFORCE++; no critic is built),
+and the DAPO options (dynamic sampling, overlong filter and penalty, loss aggregation) and
+truncated importance sampling are opt-in `algo.*` fields. What it drops (for now): several
+ranks (DeepSpeed), asynchronous generation, reward models.
 
 One run is one seed: `runs/<experiment>/seed_<k>/` holds config.yaml, TensorBoard events,
 metrics.jsonl, checkpoints/step_<n>/ and summary.json.
@@ -21,17 +24,18 @@ from dataclasses import dataclass
 import torch
 
 from rlvr import checkpoint as ckpt
-from rlvr.baselines import gae
+from rlvr.baselines import compute_advantages, get_baseline
+from rlvr.baselines.dapo import informative_groups, overlong_penalty
 from rlvr.config import Config, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, make_batch
 from rlvr.monitors import Monitor
 from rlvr.models import initial_model, load_critic, load_policy, load_tokenizer, num_params
-from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, token_rewards
-from rlvr.rollouts import Sampling, derive_seed, make_engine
+from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
+from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
 from rlvr.tasks import make_task
-from rlvr.verifiers import VerifierPool, load_verifier_file
+from rlvr.verifiers import ScoredBatch, VerifierPool, load_verifier_file
 
 
 class RunExistsError(RuntimeError):
@@ -42,6 +46,65 @@ class RunExistsError(RuntimeError):
 class Prompts:
     rows: list[dict]
     ids: list[list[int]]
+
+
+@dataclass
+class Collected:
+    """One step's training rollouts (whole groups of n), and what every generated sample scored."""
+
+    rollouts: list[Rollout]
+    rows: list[dict]
+    rewards_B: torch.Tensor  # verifier score + overlong penalty, per kept rollout
+    group_ids_B: torch.Tensor
+    scored: ScoredBatch  # every sample generated this step, kept or not
+    rounds: int  # generation rounds (more than 1 only with dynamic sampling)
+    groups_seen: int
+    groups_informative: int  # groups whose rewards were not all equal
+
+
+def collect_rollouts(generate, score, take, prompts_per_step: int, n: int, algo, max_new_tokens: int) -> Collected:
+    """Generate and verify `prompts_per_step` groups of n samples.
+
+    `take(k)` gives k prompt indices, `generate(indices, round)` their rollouts (prompt-major)
+    and rows, `score(rollouts, rows)` a ScoredBatch. With `algo.dynamic_sampling`, groups whose
+    rewards are all equal are dropped and new prompts are generated (at most
+    `algo.dynamic_sampling_rounds` rounds) until `prompts_per_step` groups remain; the batch
+    then never holds a zero-variance group, and may hold fewer groups if the rounds run out.
+    """
+    kept: list[tuple[list[Rollout], list[dict], torch.Tensor]] = []
+    results, names = [], []
+    rounds = seen = informative = 0
+    while True:
+        idx = take(prompts_per_step)
+        rollouts, rows = generate(idx, rounds)
+        scored = score(rollouts, rows)
+        results += scored.results
+        names += scored.verifier_names
+        lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+        rewards = torch.tensor(scored.scores, dtype=torch.float32)
+        rewards = rewards + overlong_penalty(lengths, max_new_tokens, algo.overlong_buffer, algo.overlong_penalty)
+        groups = torch.arange(len(idx)).repeat_interleave(n)
+        useful = informative_groups(rewards, groups) if n > 1 else torch.zeros(len(idx), dtype=torch.bool)
+        seen += len(idx)
+        informative += int(useful.sum())
+        for g in range(len(idx)):
+            if useful[g] or not algo.dynamic_sampling:
+                sl = slice(g * n, (g + 1) * n)
+                kept.append((rollouts[sl], rows[sl], rewards[sl]))
+        rounds += 1
+        if not algo.dynamic_sampling or len(kept) >= prompts_per_step or rounds >= algo.dynamic_sampling_rounds:
+            break
+    kept = kept[:prompts_per_step]
+    return Collected(
+        rollouts=[r for group, _, _ in kept for r in group],
+        rows=[row for _, group_rows, _ in kept for row in group_rows],
+        rewards_B=torch.cat([rw for _, _, rw in kept]) if kept else torch.zeros(0),
+        group_ids_B=torch.arange(len(kept)).repeat_interleave(n),
+        scored=ScoredBatch(results, names),
+        rounds=rounds,
+        groups_seen=seen,
+        groups_informative=informative,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -131,9 +194,20 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_policy(policy_path, cfg.model.dtype).to(device)
     ref = load_policy(init_path, cfg.model.dtype).to(device) if cfg.ppo.kl_coef > 0 else None
-    critic = load_critic(last / "critic", cfg.model.dtype) if last else load_critic(init_path, cfg.model.dtype, from_policy=True)
-    critic = critic.to(device)
-    learner = PPOLearner(policy, critic, ref, cfg.ppo, total_steps=cfg.train.steps, pad_id=tokenizer.pad_token_id)
+    critic = None
+    if get_baseline(cfg.algo.baseline).needs_critic:
+        critic = load_critic(last / "critic", cfg.model.dtype) if last else load_critic(init_path, cfg.model.dtype, from_policy=True)
+        critic = critic.to(device)
+    learner = PPOLearner(
+        policy,
+        critic,
+        ref,
+        cfg.ppo,
+        total_steps=cfg.train.steps,
+        pad_id=tokenizer.pad_token_id,
+        loss_agg=cfg.algo.loss_agg,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+    )
 
     train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))
     heldout = Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, cfg.data.max_prompt_tokens, "eval"))
@@ -180,71 +254,103 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         bar = _progress(range(start_step + 1, end + 1), progress, cfg)
         for step in bar:
             m: dict[str, float] = {}
-            # 1. sample prompts, generate n completions each
+            # 1-2. sample prompts, generate n completions each, verify (dynamic sampling: refill)
             t = time.perf_counter()
-            idx = sampler.take(cfg.rollout.prompts_per_step)
             n = cfg.rollout.samples_per_prompt
-            sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, derive_seed(cfg.seed, step))
-            rollouts = engine.generate([train_prompts.ids[i] for i in idx], sampling, n)
-            rows = [train_rows[i] for i in idx for _ in range(n)]
-            m["time/generate_s"] = time.perf_counter() - t
+
+            def generate(idx: list[int], round_: int):
+                seed = derive_seed(cfg.seed, step) if round_ == 0 else derive_seed(cfg.seed, step, 1, round_)
+                sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed)
+                return engine.generate([train_prompts.ids[i] for i in idx], sampling, n), [train_rows[i] for i in idx for _ in range(n)]
+
+            timed = {"verify": 0.0}
+
+            def score(rollouts, rows):
+                t0 = time.perf_counter()
+                out = scorer.score([r.text for r in rollouts], rows)
+                timed["verify"] += time.perf_counter() - t0
+                return out
+
+            col = collect_rollouts(generate, score, sampler.take, cfg.rollout.prompts_per_step, n, cfg.algo, cfg.rollout.max_new_tokens)
+            rollouts, scored = col.rollouts, col.scored
+            scores_B = torch.tensor(scored.scores, dtype=torch.float32)  # every sample generated this step
+            m["time/verify_s"] = timed["verify"]
+            m["time/generate_s"] = time.perf_counter() - t - timed["verify"]
             gen_tokens = sum(len(r.completion_ids) for r in rollouts)
             m["rollout/tokens_per_s"] = gen_tokens / max(m["time/generate_s"], 1e-9)
+            m["rollout/groups"] = len(rollouts) // n
+            m["rollout/informative_frac"] = col.groups_informative / max(col.groups_seen, 1)
+            if cfg.algo.dynamic_sampling:
+                m["rollout/dynamic_rounds"] = col.rounds
 
-            # 2. verify
-            t = time.perf_counter()
-            scored = scorer.score([r.text for r in rollouts], rows)
-            scores_B = torch.tensor(scored.scores, dtype=torch.float32)
-            m["time/verify_s"] = time.perf_counter() - t
+            stats: dict[str, float] = {}
+            if rollouts:
+                # 3. advantages: old/ref logprobs (and values), KL-shaped rewards, the baseline
+                t = time.perf_counter()
+                batch = make_batch(rollouts, tokenizer.pad_token_id)
+                old_logp = learner.logprobs(policy, batch)
+                ref_logp = learner.logprobs(ref, batch) if ref is not None else None
+                old_values = learner.values(batch) if critic is not None else None
+                kl_BT = kl_fn(old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
+                in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
+                rewards_BT = token_rewards(col.rewards_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
+                advantages, returns = compute_advantages(
+                    cfg.algo.baseline, rewards_BT, col.group_ids_B, old_values, batch.mask, cfg.ppo.gamma, cfg.ppo.lam
+                )
+                if cfg.ppo.whiten_advantages and critic is not None:
+                    advantages = masked_whiten(advantages, batch.mask)
+                sampler_lp = torch.zeros_like(batch.mask)
+                for i, r in enumerate(rollouts):
+                    sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
+                m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
+                m["policy/kl"] = masked_mean(kl_BT, batch.mask).item()
+                m["policy/kl_seq"] = kl_BT.sum(1).mean().item()
+                m["rollout/len_mean"] = batch.mask.sum(1).mean().item()
+                if critic is not None:
+                    m["value/mean"] = masked_mean(old_values, batch.mask).item()
+                    m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
+                m["advantage/mean"] = masked_mean(advantages, batch.mask).item()
+                m["advantage/abs_mean"] = masked_mean(advantages.abs(), batch.mask).item()
+                is_weights = None
+                if cfg.algo.tis_cap > 0:
+                    is_weights = tis_weights(old_logp, sampler_lp, batch.mask, cfg.algo.tis_cap)
+                    m["policy/tis_weight_mean"] = masked_mean(is_weights, batch.mask).item()
+                    m["policy/tis_capped_frac"] = masked_mean((old_logp - sampler_lp).exp().ge(cfg.algo.tis_cap).float(), batch.mask).item()
+                if cfg.algo.overlong_filter:
+                    # after the advantages: truncated samples still count in their group's statistics
+                    truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
+                    m["rollout/overlong_filtered_frac"] = truncated.float().mean().item()
+                    batch.mask = batch.mask * (~truncated).float()[:, None]
 
-            # 3. advantages: old/ref logprobs and values, KL-shaped rewards, GAE
-            t = time.perf_counter()
-            batch = make_batch(rollouts, tokenizer.pad_token_id)
-            old_logp = learner.logprobs(policy, batch)
-            ref_logp = learner.logprobs(ref, batch) if ref is not None else None
-            old_values = learner.values(batch)
-            kl_BT = kl_fn(old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
-            in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
-            rewards_BT = token_rewards(scores_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
-            advantages, returns = gae(rewards_BT, old_values, batch.mask, cfg.ppo.gamma, cfg.ppo.lam)
-            if cfg.ppo.whiten_advantages:
-                advantages = masked_whiten(advantages, batch.mask)
-            sampler_lp = torch.zeros_like(batch.mask)
-            for i, r in enumerate(rollouts):
-                sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
+                # 4. PPO update
+                stats = learner.update(
+                    batch,
+                    advantages,
+                    returns,
+                    old_logp,
+                    old_values,
+                    ref_logp,
+                    train_policy=step > cfg.ppo.critic_warmup_steps,
+                    generator=shuffle,
+                    is_weights_BT=is_weights,
+                )
+                m["time/learn_s"] = time.perf_counter() - t
 
-            # 4. PPO update
-            stats = learner.update(
-                batch,
-                advantages,
-                returns,
-                old_logp,
-                old_values,
-                ref_logp,
-                train_policy=step > cfg.ppo.critic_warmup_steps,
-                generator=shuffle,
-            )
-            m["time/learn_s"] = time.perf_counter() - t
-
-            # 5. sync the new weights into the engine
-            t = time.perf_counter()
-            engine.load_weights(policy.state_dict().items())
-            m["time/sync_s"] = time.perf_counter() - t
+                # 5. sync the new weights into the engine
+                t = time.perf_counter()
+                engine.load_weights(policy.state_dict().items())
+                m["time/sync_s"] = time.perf_counter() - t
+            else:
+                _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
 
             # 6. log
-            lengths = batch.mask.sum(1)
             m.update(stats)
             m.update(scored.metrics(cfg.train.pass_threshold))
             m["reward/mean"] = scores_B.mean().item()
             m["reward/std"] = scores_B.std().item() if len(scores_B) > 1 else 0.0
             m["reward/pass_rate"] = (scores_B >= cfg.train.pass_threshold).float().mean().item()
-            m["policy/kl"] = masked_mean(kl_BT, batch.mask).item()
-            m["policy/kl_seq"] = kl_BT.sum(1).mean().item()
-            m["rollout/len_mean"] = lengths.mean().item()
-            m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts)
-            m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
-            m["value/mean"] = masked_mean(old_values, batch.mask).item()
-            m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
+            if rollouts:
+                m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts)
             if step % cfg.train.eval_every == 0 or step == end:
                 t = time.perf_counter()
                 metrics, samples = evaluate(engine, scorer, heldout, cfg, step)

@@ -58,7 +58,7 @@ def test_clipped_policy_loss_by_hand():
     logp = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.7, 3.0]]))
     adv = torch.tensor([[1.0, 1.0, -2.0, -1.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
-    loss, stats = clipped_policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, num_tokens=4)
+    loss, stats = clipped_policy_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, weights_BT=mask / 4)
     assert loss.item() == approx(0.305)
     assert stats["clip_frac"].item() == approx(0.5)
     # approx_kl is k3 of (old vs new): mean over tokens of (1/r - 1) + log r
@@ -68,7 +68,7 @@ def test_clipped_policy_loss_by_hand():
 
 def test_policy_loss_gradient_is_minus_advantage_inside_the_clip_range():
     logp = torch.zeros(1, 2, requires_grad=True)
-    loss, _ = clipped_policy_loss(logp, torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), 0.2, 0.2, 2)
+    loss, _ = clipped_policy_loss(logp, torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), 0.2, 0.2, torch.full((1, 2), 0.5))
     loss.backward()
     assert logp.grad.tolist() == [approx([-1.0, 0.5])]  # d/dlogp of -A * exp(logp - old) / 2 at ratio 1
 
