@@ -95,6 +95,45 @@ def cmd_recipe(args, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_bestofn(args, overrides: list[str]) -> int:
+    from rlvr.config import BestOfNConfig, ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, overrides, cls=BestOfNConfig)
+    except ConfigError as e:
+        return _fail(str(e))
+    _env_defaults()
+    from rlvr.baselines.bestofn import run_best_of_n
+    from rlvr.data import DataError
+
+    try:
+        run_best_of_n(cfg, progress=not args.no_progress)
+    except (DataError, OSError) as e:
+        return _fail(str(e))
+    print(f"run folder: {cfg.run_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_rft(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError, RFTConfig, load_config
+
+    try:
+        cfg = load_config(args.config, overrides, cls=RFTConfig)
+    except ConfigError as e:
+        return _fail(str(e))
+    _env_defaults()
+    from rlvr.baselines.rft import run_rft
+    from rlvr.data import DataError
+    from rlvr.trainer import RunExistsError
+
+    try:
+        summary = run_rft(cfg, resume=args.resume, progress=not args.no_progress)
+    except (DataError, RunExistsError, OSError) as e:
+        return _fail(str(e))
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
+
+
 def cmd_seeds(args, overrides: list[str]) -> int:
     from rlvr.config import ConfigError, load_config
     from rlvr.seeds import launch, parse_seeds, print_results
@@ -187,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("recipe", help="pretrain -> sft -> dpo -> RLVR seeds -> evaluation, one command")
     r.add_argument("--config", required=True, help="recipe YAML (e.g. experiments/tiny/recipe.yaml)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b = sub.add_parser("bestofn", help="best-of-n with a verifier: pass@k and maj@k of a checkpoint on a prompt set")
+    b.add_argument("--config", help="YAML (e.g. experiments/tiny/bestofn.yaml); fields can also be given as flags")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f = sub.add_parser("rft", help="rejection-sampling fine-tuning: sample, keep verified completions, fine-tune, repeat")
+    f.add_argument("--config", help="YAML (e.g. experiments/tiny/rft.yaml); fields can also be given as flags")
+    f.add_argument("--resume", action="store_true", help="skip the rounds already finished")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
     sd = sub.add_parser("seeds", help="run one experiment for many seeds in parallel on Ray (also: seeds extend --help)")
     sd.add_argument("--config", required=True, help="experiment YAML")
     sd.add_argument("--seeds", required=True, help="e.g. 0-7 or 0,2,5")
@@ -214,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_recipe(args, rest)
     if args.command == "seeds":
         return cmd_seeds(args, rest)
+    if args.command == "bestofn":
+        return cmd_bestofn(args, rest)
+    if args.command == "rft":
+        return cmd_rft(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "compare":

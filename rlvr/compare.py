@@ -2,9 +2,11 @@
 
 Reads the TensorBoard event files (tensorboard's own reader), groups seed runs by experiment
 (`runs/<experiment>/seed_<k>/`), and reports per experiment and metric across seeds: the final
-and the best value, mean, standard deviation, IQM and stratified-bootstrap 95% confidence
-intervals (rliable), best-of-N beside the mean with its selection bias, and the probability of
-improvement of each experiment over each other. Writes a table (terminal), CSV, JSON, one PNG
+and the best value and the curve's mean over all its logged points (the normalised area under
+the learning curve: how fast a method gets there), mean, standard deviation, IQM and
+stratified-bootstrap 95% confidence intervals (rliable), best-of-N beside the mean with its
+selection bias, and the probability of improvement of each experiment over each other. Writes
+a table (terminal, and compare.md to paste into a report), CSV, JSON, one PNG
 per metric (mean curve with its CI band, each seed faint), and an aggregate TensorBoard run per
 experiment (`<experiment>/aggregate/{mean,ci_low,ci_high}`) so TensorBoard draws the band
 beside the seeds.
@@ -60,9 +62,13 @@ def find_experiments(paths: list[str]) -> dict[str, Experiment]:
 
 def bootstrap_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
     """Stratified-bootstrap 95% CIs of the mean and the IQM over seeds (rliable)."""
+    import warnings
+
     from rliable import library as rly
     from rliable import metrics
 
+    # rliable 1.2 hands arch a RandomState, which arch 7.2 warns about on every call
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
     scores = {"x": values.reshape(-1, 1)}
     fn = lambda s: np.array([metrics.aggregate_mean(s), metrics.aggregate_iqm(s)])  # noqa: E731
     _, cis = rly.get_interval_estimates(scores, fn, reps=reps, random_state=np.random.RandomState(seed))
@@ -103,7 +109,8 @@ def summarize(experiments: dict[str, Experiment], metrics_: list[str]) -> dict:
                 continue
             final = np.array([series[s][-1][1] for s in sorted(series)])
             best = np.array([max(v for _, v in series[s]) for s in sorted(series)])
-            out["experiments"][name]["metrics"][tag] = {"final": seed_stats(final), "best": seed_stats(best)}
+            auc = np.array([np.mean([v for _, v in series[s]]) for s in sorted(series)])
+            out["experiments"][name]["metrics"][tag] = {"final": seed_stats(final), "best": seed_stats(best), "auc": seed_stats(auc)}
             finals.setdefault(tag, {})[name] = final
     from rliable import metrics as rmetrics
 
@@ -189,12 +196,15 @@ def compare(paths: list[str], metrics_: list[str] | None, out_dir: str) -> dict:
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["experiment", "metric", "seeds", "final_mean", "final_std", "final_iqm", "mean_ci_low", "mean_ci_high",
-                    "iqm_ci_low", "iqm_ci_high", "best_of_n", "selection_bias", "best_mean"])
+                    "iqm_ci_low", "iqm_ci_high", "best_of_n", "selection_bias", "best_mean", "auc_mean", "auc_std",
+                    "auc_ci_low", "auc_ci_high"])
         for name, e in result["experiments"].items():
             for tag, m in e["metrics"].items():
                 f_ = m["final"]
                 w.writerow([name, tag, f_["n"], f_["mean"], f_["std"], f_["iqm"], *f_["mean_ci95"], *f_["iqm_ci95"],
-                            f_["best_of_n"], f_["selection_bias"], m["best"]["mean"]])
+                            f_["best_of_n"], f_["selection_bias"], m["best"]["mean"], m["auc"]["mean"], m["auc"]["std"],
+                            *m["auc"]["mean_ci95"]])
+    (out / "compare.md").write_text(markdown_table(result))
     result["plots"] = []
     for tag in metrics_:
         path = out / (re.sub(r"[^\w.-]+", "_", tag) + ".png")
@@ -206,23 +216,56 @@ def compare(paths: list[str], metrics_: list[str] | None, out_dir: str) -> dict:
     return result
 
 
+def _cells(name: str, tag: str, m: dict) -> list[str]:
+    f, a = m["final"], m["auc"]
+    return [
+        name, tag, str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", f"[{f['mean_ci95'][0]:.3f}, {f['mean_ci95'][1]:.3f}]",
+        f"{f['iqm']:.3f} [{f['iqm_ci95'][0]:.3f}, {f['iqm_ci95'][1]:.3f}]", f"{a['mean']:.3f} [{a['mean_ci95'][0]:.3f}, {a['mean_ci95'][1]:.3f}]",
+        f"{f['best_of_n']:.3f}", f"+{f['selection_bias']:.3f}",
+    ]
+
+
+COLUMNS = ("experiment", "metric", "n", "final mean ± std", "mean 95% CI", "IQM [95% CI]", "AUC [95% CI]", "best of n", "bias of best")
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, e in result["experiments"].items():
+        for tag, m in e["metrics"].items():
+            lines.append("| " + " | ".join(_cells(name, tag, m)) + " |")
+    for tag, names, rows in _poi_matrices(result):
+        lines += ["", f"P(row > column) on the final {tag}:", "", "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in zip(names, rows)]
+    return "\n".join(lines) + "\n"
+
+
 def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=True)
     table = Table(title="final value across seeds (95% CIs: stratified bootstrap)")
-    for col in ("experiment", "metric", "n", "mean ± std", "mean 95% CI", "IQM [95% CI]", "best of n", "bias of best"):
+    for col in COLUMNS:
         table.add_column(col)
     for name, e in result["experiments"].items():
         for tag, m in e["metrics"].items():
-            f = m["final"]
-            table.add_row(
-                name, tag, str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", f"[{f['mean_ci95'][0]:.3f}, {f['mean_ci95'][1]:.3f}]",
-                f"{f['iqm']:.3f} [{f['iqm_ci95'][0]:.3f}, {f['iqm_ci95'][1]:.3f}]", f"{f['best_of_n']:.3f}", f"+{f['selection_bias']:.3f}",
-            )
+            table.add_row(*_cells(name, tag, m))
     console.print(table)
+    console.print("AUC: the curve's mean over its logged points (area under the learning curve, normalised).")
     console.print("best of n: the best seed's final value; the bias column is how much reporting it overstates the mean run.")
+    for tag, names, rows in _poi_matrices(result):
+        t = Table(title=f"P(row > column) on the final {tag} (rliable's probability of improvement)")
+        t.add_column("")
+        for name in names:
+            t.add_column(name, justify="right")
+        for name, cells in zip(names, rows):
+            t.add_row(name, *cells)
+        console.print(t)
+
+
+def _poi_matrices(result: dict):
+    """(metric, experiment names, rows of cells) of the probability-of-improvement matrices."""
     for tag, pairs in result["probability_of_improvement"].items():
-        for pair, p in pairs.items():
-            console.print(f"P({pair}) on {tag}: {p:.2f}")
+        names = sorted({p.split(" > ")[0] for p in pairs}, key=list(result["experiments"]).index)
+        rows = [["" if a == b else f"{pairs[f'{a} > {b}']:.2f}" for b in names] for a in names]
+        yield tag, names, rows

@@ -474,3 +474,72 @@ class RecipeConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------- non-gradient baselines
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    kv_cache_mb: int = 64  # vLLM KV cache size on the CPU
+    gpu_memory_utilization: float = 0.5
+
+
+@dataclass(frozen=True)
+class BestOfNConfig:
+    """`rlvr bestofn`: n samples per prompt from one checkpoint, scored by the verifiers;
+    pass@k (best of k, the verifier picking) and maj@k (majority vote over k answers)."""
+
+    name: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the checkpoint (a policy folder or hub id)
+    data: DataConfig = field(default_factory=DataConfig)  # prompts: data.eval rows, else data.task's held-out split
+    num_prompts: int = 0  # the first N prompts; 0: all
+    n: int = 16  # samples per prompt
+    k: tuple[int, ...] = (1, 4, 16)  # each k <= n
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    verifier_files: tuple[str, ...] = ()
+    pass_threshold: float = 1.0  # a sample passes when its score is >= this
+
+    def __post_init__(self):
+        if self.n < 1 or not self.k or any(k < 1 or k > self.n for k in self.k):
+            raise ConfigError(f"k must be a list of values between 1 and n={self.n}, got {list(self.k)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
+
+
+@dataclass(frozen=True)
+class RFTConfig:
+    """`rlvr rft`: rounds of sample -> keep verified completions -> fine-tune on them."""
+
+    name: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model round 1 samples from
+    data: DataConfig = field(default_factory=DataConfig)  # training prompts and held-out rows, as for `rlvr train`
+    rounds: int = 3
+    prompts_per_round: int = 512  # training prompts sampled each round
+    samples_per_prompt: int = 8
+    keep_per_prompt: int = 1  # distinct verified completions kept per prompt
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=50, batch_size=32, micro_batch_size=32, lr=1e-3, warmup_steps=5))  # per round
+    eval_samples: int = 4  # sampled completions per held-out prompt (greedy is also measured)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    verifier_files: tuple[str, ...] = ()
+    pass_threshold: float = 1.0  # a completion is kept when its score is >= this
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.keep_per_prompt < 1 or self.samples_per_prompt < 1:
+            raise ConfigError("rounds, keep_per_prompt and samples_per_prompt must be at least 1")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / f"seed_{self.seed}"

@@ -143,34 +143,44 @@ def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
     return train, heldout, text
 
 
-def evaluate(engine, scorer: VerifierPool, prompts: Prompts, cfg: Config, step: int) -> tuple[dict[str, float], list[str]]:
-    """Held-out pass rate and mean score, greedy (n=1) and sampled (n=train.eval_samples)."""
+@dataclass(frozen=True)
+class EvalSpec:
+    """How held-out prompts are evaluated (RL runs and the non-gradient baselines alike)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    samples: int = 4  # sampled completions per prompt
+    pass_threshold: float = 1.0
+    log_samples: int = 2
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: Config) -> "EvalSpec":
+        r, t = cfg.rollout, cfg.train
+        return cls(r.max_new_tokens, r.temperature, r.top_p, t.eval_samples, t.pass_threshold, t.log_samples, cfg.seed)
+
+
+def evaluate(engine, scorer: VerifierPool, prompts: Prompts, spec: EvalSpec, step: int) -> tuple[dict[str, float], list[str]]:
+    """Held-out pass rate and mean score, greedy (n=1) and sampled (n=spec.samples)."""
     metrics: dict[str, float] = {}
     samples: list[str] = []
     modes = {
-        "greedy": (Sampling(cfg.rollout.max_new_tokens, temperature=0.0), 1),
-        "sampled": (
-            Sampling(
-                cfg.rollout.max_new_tokens,
-                cfg.rollout.temperature,
-                cfg.rollout.top_p,
-                seed=derive_seed(cfg.seed, step, 1),
-            ),
-            cfg.train.eval_samples,
-        ),
+        "greedy": (Sampling(spec.max_new_tokens, temperature=0.0), 1),
+        "sampled": (Sampling(spec.max_new_tokens, spec.temperature, spec.top_p, seed=derive_seed(spec.seed, step, 1)), spec.samples),
     }
     for mode, (sampling, n) in modes.items():
         rollouts = engine.generate(prompts.ids, sampling, n)
         rows = [r for r in prompts.rows for _ in range(n)]
         scored = scorer.score([r.text for r in rollouts], rows)
         scores = torch.tensor(scored.scores)
-        metrics[f"eval/heldout/{mode}_pass_rate"] = (scores >= cfg.train.pass_threshold).float().mean().item()
+        metrics[f"eval/heldout/{mode}_pass_rate"] = (scores >= spec.pass_threshold).float().mean().item()
         metrics[f"eval/heldout/{mode}_score"] = scores.mean().item()
-        for k, v in scored.metrics(cfg.train.pass_threshold, prefix=f"eval/heldout_{mode}").items():
+        for k, v in scored.metrics(spec.pass_threshold, prefix=f"eval/heldout_{mode}").items():
             if k.endswith("pass_rate"):
                 metrics[k] = v
         if mode == "greedy":
-            for row, r, s in list(zip(prompts.rows, rollouts, scored.results))[: cfg.train.log_samples]:
+            for row, r, s in list(zip(prompts.rows, rollouts, scored.results))[: spec.log_samples]:
                 prompt = row.get("prompt") or row["messages"][-1]["content"]
                 samples.append(f"**prompt** `{prompt}`  \n**completion** `{r.text}`  \n**score** {s.score:.3f} ({s.status})")
     return metrics, samples
@@ -246,7 +256,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
 
     try:
         if start_step == 0:
-            metrics, samples = evaluate(engine, scorer, heldout, cfg, 0)
+            metrics, samples = evaluate(engine, scorer, heldout, EvalSpec.of(cfg), 0)
             history["first_eval"] = history["last_eval"] = metrics
             log.scalars(0, {"model/params": num_params(policy), **metrics})
             log.text("eval/samples", "\n\n".join(samples), 0)
@@ -353,7 +363,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts)
             if step % cfg.train.eval_every == 0 or step == end:
                 t = time.perf_counter()
-                metrics, samples = evaluate(engine, scorer, heldout, cfg, step)
+                metrics, samples = evaluate(engine, scorer, heldout, EvalSpec.of(cfg), step)
                 m["time/eval_s"] = time.perf_counter() - t
                 m.update(metrics)
                 history["last_eval"] = metrics

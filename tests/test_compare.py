@@ -46,13 +46,21 @@ def test_statistics_by_hand(runs, tmp_path):
     assert 0.1 <= a["mean_ci95"][0] < 0.3 < a["mean_ci95"][1] <= 0.5
     best = result["experiments"]["a"]["metrics"][TAG]["best"]
     assert best["mean"] == pytest.approx(0.6)  # each seed's best (final + 0.3) averaged
+    # AUC: each curve's mean over its points (0, final + 0.3, final); b: (2 * 0.5 + 0.3) / 3 on average
+    auc = result["experiments"]["b"]["metrics"][TAG]["auc"]
+    assert auc["mean"] == pytest.approx(1.3 / 3) and auc["values"][0] == pytest.approx((0.0 + 0.6 + 0.3) / 3)
+    md = (out / "compare.md").read_text().splitlines()
+    assert md[0].startswith("| experiment | metric | n | final mean ± std")
+    assert md[3].startswith(f"| b | {TAG} | 5 | 0.500 ± 0.158 |") and "| 0.433 [" in md[3]
     # P(b > a): over the 25 pairs, b beats a in 18 and ties in 5 (counted 1/2): (18 + 2.5) / 25 = 0.82
     poi = result["probability_of_improvement"][TAG]
     assert poi["b > a"] == pytest.approx(0.82) and poi["a > b"] == pytest.approx(0.18)
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [(r["experiment"], float(r["final_mean"])) for r in rows] == [("a", pytest.approx(0.3)), ("b", pytest.approx(0.5))]
     assert (out / "eval_heldout_greedy_pass_rate.png").stat().st_size > 10_000
-    assert "P(b > a)" in proc.stderr and "best of n" in proc.stderr
+    assert "P(row > column)" in proc.stderr and "best of n" in proc.stderr
+    # the probability-of-improvement matrix: row a, column b holds P(a > b)
+    assert md[-2:] == ["| a |  | 0.18 |", "| b | 0.82 |  |"]
     # the aggregate runs draw the mean and its CI beside the seeds in TensorBoard
     mean = dict(read_scalars(runs / "a" / "aggregate" / "mean")[TAG])
     low = dict(read_scalars(runs / "a" / "aggregate" / "ci_low")[TAG])

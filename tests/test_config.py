@@ -41,6 +41,11 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path):
         (["--rollout.engine", "sglang"], "rollout.engine must be one of vllm, hf, got 'sglang'"),
         (["--ppo.whiten_advantages", "maybe"], "ppo.whiten_advantages must be true or false, got 'maybe'"),
         (["--ppo.lr"], "--ppo.lr needs a value"),
+        (["--algo.baseline", "ppo2"], "algo.baseline must be one of dr_grpo, gae, grpo, none, reinforce_pp, rloo, got 'ppo2'"),
+        (["--algo.baseline", "rloo", "--rollout.samples_per_prompt", "1"], "algo.baseline rloo needs rollout.samples_per_prompt >= 2, got 1"),
+        (["--algo.dynamic_sampling", "true", "--rollout.samples_per_prompt", "1"], "algo.dynamic_sampling needs rollout.samples_per_prompt >= 2, got 1"),
+        (["--algo.overlong_buffer", "8"], "algo.overlong_buffer (8) must be below rollout.max_new_tokens (8)"),
+        (["--algo.loss_agg", "mean"], "algo.loss_agg must be one of token, sequence, constant, got 'mean'"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):
@@ -93,3 +98,30 @@ def test_cli_missing_config_file(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "rlvr: error: config file not found: missing.yaml"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_base_file_gives_what_the_child_does_not(tmp_path):
+    (tmp_path / "exp").mkdir()
+    child = tmp_path / "exp" / "grpo.yaml"
+    child.write_text(f"base: {TINY}\nalgo: {{baseline: grpo}}\nppo: {{kl_penalty: loss}}\n")
+    cfg = load_config(child, ["--ppo.lr", "0.5"])
+    parent = load_config(TINY)
+    assert cfg.name == "grpo"  # the child's own name, never the base's
+    assert cfg.algo.baseline == "grpo" and cfg.ppo.kl_penalty == "loss" and cfg.ppo.lr == 0.5
+    # every other field of a merged section comes from the base
+    assert cfg.ppo.epochs == parent.ppo.epochs and cfg.ppo.kl_coef == parent.ppo.kl_coef
+    assert cfg.data == parent.data and cfg.model == parent.model
+    # the shipped comparison files are PPO's experiment with one section changed
+    shipped = load_config(REPO / "experiments" / "tiny" / "baselines" / "ppo.yaml")
+    assert shipped.algo.baseline == "gae" and shipped.ppo == parent.ppo and shipped.rollout == parent.rollout
+
+
+def test_base_errors(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(a)
+    a.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"config file not found: .*missing.yaml \(the base of .*a.yaml\)"):
+        load_config(a)

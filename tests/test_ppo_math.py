@@ -13,7 +13,9 @@ from rlvr.ppo import (
     KL_ESTIMATORS,
     clipped_policy_loss,
     clipped_value_loss,
+    loss_weights,
     masked_whiten,
+    tis_weights,
     token_rewards,
 )
 from rlvr.rollouts import Rollout
@@ -178,3 +180,54 @@ def test_micro_batches_equal_one_big_batch(tiny_model_dir):
             # Adam divides by sqrt(v): float noise in near-zero gradients shows up at ~1e-6 (lr is 1e-2)
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
     assert not torch.equal(p8["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("agg", ["sequence", "constant"])
+def test_micro_batches_equal_one_big_batch_without_critic(tiny_model_dir, agg):
+    """The same equivalence for a critic-free learner under each non-default loss aggregation,
+    with truncated importance weights."""
+    from rlvr.models import load_policy
+
+    policy = load_policy(tiny_model_dir)
+    batch = make_batch(_random_rollouts(12, policy.config.vocab_size, seed=3), pad_id=0)
+    gen = torch.Generator().manual_seed(2)
+    adv = torch.randn(batch.mask.shape, generator=gen) * batch.mask
+    isw = torch.rand(batch.mask.shape, generator=gen) * 2 * batch.mask
+    results = []
+    for micro in (6, 1):
+        cfg = PPOConfig(num_minibatches=2, micro_batch_size=micro, lr=1e-2)
+        p = copy.deepcopy(policy)
+        learner = PPOLearner(p, None, None, cfg, total_steps=1, pad_id=0, loss_agg=agg, max_new_tokens=batch.mask.shape[1])
+        old_logp = learner.logprobs(p, batch) + 0.05 * batch.mask
+        stats = learner.update(batch, adv, None, old_logp, None, None, generator=torch.Generator().manual_seed(7), is_weights_BT=isw)
+        results.append((stats, p.state_dict()))
+    (s6, p6), (s1, p1) = results
+    assert "loss/value" not in s6
+    for key in ("loss/policy", "policy/clip_frac", "policy/grad_norm"):
+        assert s6[key] == pytest.approx(s1[key], rel=1e-5, abs=1e-6), key
+    for name in p6:
+        # Adam moves every weight by about lr = 1e-2; float noise in near-zero gradients stays below 1e-4
+        torch.testing.assert_close(p6[name], p1[name], rtol=1e-4, atol=1e-4)
+
+
+def test_loss_weights_by_hand():
+    # two rows of 3 and 1 real tokens, max_len 4
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    # token: every real token weighs 1/4
+    assert loss_weights(mask, "token", 4).tolist() == [approx([0.25, 0.25, 0.25, 0]), approx([0.25, 0, 0, 0])]
+    # sequence: 1/(3 * 2) per token of row 0, 1/(1 * 2) for row 1
+    assert loss_weights(mask, "sequence", 4).tolist() == [approx([1 / 6, 1 / 6, 1 / 6, 0]), approx([0.5, 0, 0, 0])]
+    # constant: 1 / (2 rows * 4)
+    assert loss_weights(mask, "constant", 4).tolist() == [approx([0.125, 0.125, 0.125, 0]), approx([0.125, 0, 0, 0])]
+    # a per-token loss of 1 on row 0 and 3 on row 1: token 6/4, sequence (1 + 3)/2, constant 6/8
+    per_token = torch.tensor([[1.0] * 4, [3.0] * 4])
+    got = {agg: (per_token * loss_weights(mask, agg, 4)).sum().item() for agg in ("token", "sequence", "constant")}
+    assert got == {"token": approx(1.5), "sequence": approx(2.0), "constant": approx(0.75)}
+
+
+def test_truncated_importance_weights_by_hand():
+    # learner/sampler ratios e^0.5 = 1.6487, e^-1 = 0.3679, e^2 = 7.389 (capped at 2), padding 0
+    old = torch.tensor([[0.5, -1.0, 2.0, 9.0]])
+    sampler = torch.zeros(1, 4)
+    w = tis_weights(old, sampler, torch.tensor([[1.0, 1.0, 1.0, 0.0]]), cap=2.0)
+    assert w.tolist() == [approx([math.exp(0.5), math.exp(-1.0), 2.0, 0.0])]

@@ -10,20 +10,11 @@ from pathlib import Path
 
 import torch
 
+from rlvr.baselines.bestofn import pass_at_k
 from rlvr.data import encode_prompts
 from rlvr.models import load_policy, load_tokenizer
 from rlvr.rollouts import Sampling, make_engine
 from rlvr.verifiers import VerifierPool
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c passing (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
 
 
 def evaluate_checkpoints(
