@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process, no time limit)")
     v.add_argument("--timeout-s", type=float, default=5.0, help="wall-clock limit per row")
     v.add_argument("--verifier-file", action="append", help="a .py file that registers verifiers (repeatable)")
+    for sp in sub.choices.values():
+        sp.allow_abbrev = False  # `--n 8` is the config field n, not an abbreviation of --no-progress
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         return cmd_train(args, rest)
