@@ -18,6 +18,11 @@ Padding positions are 0 in everything returned.
     none          R itself (plain REINFORCE)
 
 R is a sequence's total reward, the sum of its row of `rewards_BT`.
+
+The rewards come in per token, not per sequence: GAE and REINFORCE++ need the per-token KL
+shaping (Tulu 3 puts k1 in every token's reward), and a sequence baseline only has to sum them.
+`gamma` and `lam` are passed instead of the whole config so each function stays a pure map of
+tensors and numbers.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def run_best_of_n(cfg: BestOfNConfig, progress: bool = True) -> dict:
     import torch
 
     from rlvr.data import DataError, encode_prompts
-    from rlvr.models import load_tokenizer
+    from rlvr.models import check_model
     from rlvr.rollouts import Sampling, derive_seed, make_engine
     from rlvr.runlog import RunLogger
     from rlvr.verifiers import VerifierPool, load_verifier_file
@@ -112,7 +112,7 @@ def run_best_of_n(cfg: BestOfNConfig, progress: bool = True) -> dict:
     for path in cfg.verifier_files:
         load_verifier_file(path)
     rows = prompt_rows(cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = check_model(cfg.model.name_or_path)
     ids = encode_prompts(rows, tokenizer, cfg.data.max_prompt_tokens, cfg.data.eval or "held-out")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -59,7 +59,7 @@ def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int
 
 
 def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict:
-    from rlvr.models import initial_model, load_policy, load_tokenizer
+    from rlvr.models import check_model, initial_model, load_policy, load_tokenizer
     from rlvr.rollouts import Sampling, derive_seed, make_engine
     from rlvr.runlog import RunLogger
     from rlvr.stages.lm import make_optimizer
@@ -71,6 +71,8 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
     if not resume and (run_dir / "config.yaml").exists():
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
     train_rows, heldout_rows, text = prepare_data(cfg)
+    if cfg.model.name_or_path:
+        check_model(cfg.model.name_or_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     done = 0

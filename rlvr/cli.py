@@ -31,14 +31,23 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def cmd_train(args, overrides: list[str]) -> int:
+def _config(args, overrides: list[str], cls_name: str = "Config"):
+    """The command's config (YAML + dotted overrides), or None after a one-line error."""
+    from rlvr import config
     from rlvr.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, cls=getattr(config, cls_name))
     except ConfigError as e:
-        return _fail(str(e))
+        _fail(str(e))
+        return None
     _env_defaults()
+    return cfg
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    if (cfg := _config(args, overrides)) is None:
+        return 2
     from rlvr.data import DataError
     from rlvr.trainer import RunExistsError, print_summary, train
 
@@ -52,13 +61,8 @@ def cmd_train(args, overrides: list[str]) -> int:
 
 
 def cmd_stage(args, overrides: list[str]) -> int:
-    from rlvr.config import ConfigError, StageConfig, load_config
-
-    try:
-        cfg = load_config(args.config, overrides, cls=StageConfig)
-    except ConfigError as e:
-        return _fail(str(e))
-    _env_defaults()
+    if (cfg := _config(args, overrides, "StageConfig")) is None:
+        return 2
     from rlvr.data import DataError
     from rlvr.stages.lm import StageError
 
@@ -78,13 +82,8 @@ def cmd_stage(args, overrides: list[str]) -> int:
 
 
 def cmd_recipe(args, overrides: list[str]) -> int:
-    from rlvr.config import ConfigError, RecipeConfig, load_config
-
-    try:
-        cfg = load_config(args.config, overrides, cls=RecipeConfig)
-    except ConfigError as e:
-        return _fail(str(e))
-    _env_defaults()
+    if (cfg := _config(args, overrides, "RecipeConfig")) is None:
+        return 2
     from rlvr.stages.recipe import RecipeError, run_recipe
 
     try:
@@ -96,13 +95,8 @@ def cmd_recipe(args, overrides: list[str]) -> int:
 
 
 def cmd_bestofn(args, overrides: list[str]) -> int:
-    from rlvr.config import BestOfNConfig, ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, overrides, cls=BestOfNConfig)
-    except ConfigError as e:
-        return _fail(str(e))
-    _env_defaults()
+    if (cfg := _config(args, overrides, "BestOfNConfig")) is None:
+        return 2
     from rlvr.baselines.bestofn import run_best_of_n
     from rlvr.data import DataError
 
@@ -115,13 +109,8 @@ def cmd_bestofn(args, overrides: list[str]) -> int:
 
 
 def cmd_rft(args, overrides: list[str]) -> int:
-    from rlvr.config import ConfigError, RFTConfig, load_config
-
-    try:
-        cfg = load_config(args.config, overrides, cls=RFTConfig)
-    except ConfigError as e:
-        return _fail(str(e))
-    _env_defaults()
+    if (cfg := _config(args, overrides, "RFTConfig")) is None:
+        return 2
     from rlvr.baselines.rft import run_rft
     from rlvr.data import DataError
     from rlvr.trainer import RunExistsError

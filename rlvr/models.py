@@ -90,6 +90,16 @@ def load_tokenizer(path: str):
     return tok
 
 
+def check_model(path: str, field: str = "model.name_or_path"):
+    """The tokenizer of a user-named model, or a DataError naming the field (before anything is written)."""
+    from rlvr.data import DataError
+
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{field} {path!r} is not a model folder or hub id ({str(e).splitlines()[0]})") from None
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """PPO's ratios and value targets assume a deterministic forward pass (the token-classification
     head adds dropout 0.1 by default)."""

@@ -108,3 +108,13 @@ def test_rejection_sampling_fine_tuning_command(tmp_path, partly_trained):
     before = (run / "metrics.jsonl").read_text()
     rlvr(*args, "--resume")
     assert (run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("command", ["bestofn", "rft"])
+def test_bad_model_path_is_one_line_and_writes_nothing(tmp_path, command):
+    proc = subprocess.run([sys.executable, "-m", "rlvr.cli", command, "--config", str(REPO / "experiments" / "tiny" / f"{command}.yaml"),
+                           "--model.name_or_path", str(tmp_path / "no_such_model"), "--output_dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"rlvr: error: model.name_or_path '{tmp_path / 'no_such_model'}' is not a model folder or hub id")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
