@@ -268,12 +268,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             t = time.perf_counter()
             n = cfg.rollout.samples_per_prompt
 
+            timed = {"verify": 0.0, "tokens": 0}
+
             def generate(idx: list[int], round_: int):
                 seed = derive_seed(cfg.seed, step) if round_ == 0 else derive_seed(cfg.seed, step, 1, round_)
                 sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed)
-                return engine.generate([train_prompts.ids[i] for i in idx], sampling, n), [train_rows[i] for i in idx for _ in range(n)]
-
-            timed = {"verify": 0.0}
+                out = engine.generate([train_prompts.ids[i] for i in idx], sampling, n)
+                timed["tokens"] += sum(len(r.completion_ids) for r in out)
+                return out, [train_rows[i] for i in idx for _ in range(n)]
 
             def score(rollouts, rows):
                 t0 = time.perf_counter()
@@ -286,8 +288,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             scores_B = torch.tensor(scored.scores, dtype=torch.float32)  # every sample generated this step
             m["time/verify_s"] = timed["verify"]
             m["time/generate_s"] = time.perf_counter() - t - timed["verify"]
-            gen_tokens = sum(len(r.completion_ids) for r in rollouts)
-            m["rollout/tokens_per_s"] = gen_tokens / max(m["time/generate_s"], 1e-9)
+            m["rollout/tokens_per_s"] = timed["tokens"] / max(m["time/generate_s"], 1e-9)  # every round's samples
             m["rollout/groups"] = len(rollouts) // n
             m["rollout/informative_frac"] = col.groups_informative / max(col.groups_seen, 1)
             if cfg.algo.dynamic_sampling:
