@@ -107,8 +107,9 @@ def loss_weights(mask_BT: torch.Tensor, agg: str, max_len: int) -> torch.Tensor:
     mask = mask_BT.float()
     if agg == "token":
         return mask / mask.sum().clamp(min=1)
-    if agg == "sequence":
-        return mask / (mask.sum(1, keepdim=True).clamp(min=1) * len(mask))
+    if agg == "sequence":  # sequences with no real token (e.g. removed by the overlong filter) do not count
+        num_seqs = (mask.sum(1) > 0).sum().clamp(min=1)
+        return mask / (mask.sum(1, keepdim=True).clamp(min=1) * num_seqs)
     if agg == "constant":
         return mask / (len(mask) * max_len)
     raise ValueError(f"unknown loss aggregation {agg!r}: token, sequence or constant")

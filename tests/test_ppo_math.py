@@ -223,6 +223,9 @@ def test_loss_weights_by_hand():
     per_token = torch.tensor([[1.0] * 4, [3.0] * 4])
     got = {agg: (per_token * loss_weights(mask, agg, 4)).sum().item() for agg in ("token", "sequence", "constant")}
     assert got == {"token": approx(1.5), "sequence": approx(2.0), "constant": approx(0.75)}
+    # a row the overlong filter emptied is not a sequence of the mean
+    emptied = torch.cat([mask, torch.zeros(1, 4)])
+    assert loss_weights(emptied, "sequence", 4)[:2].tolist() == loss_weights(mask, "sequence", 4).tolist()
 
 
 def test_truncated_importance_weights_by_hand():
