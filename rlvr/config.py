@@ -154,10 +154,20 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
-class Config:
+class SeedRun:
+    """What names one seed's run folder: <output_dir>/<name>/seed_<seed>/ (shared by every command that trains or samples)."""
+
     name: str = ""  # experiment name; default: the YAML file's stem
     seed: int = 0
     output_dir: str = "runs"  # the run goes to <output_dir>/<name>/seed_<seed>/
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
+
+
+@dataclass(frozen=True)
+class Config(SeedRun):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -179,10 +189,6 @@ class Config:
             raise ConfigError(
                 f"algo.overlong_buffer ({a.overlong_buffer}) must be below rollout.max_new_tokens ({self.rollout.max_new_tokens})"
             )
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
 
 
 # ---------------------------------------------------------------------------- loading
@@ -429,22 +435,15 @@ class DPOOptions:
 
 
 @dataclass(frozen=True)
-class StageConfig:
+class StageConfig(SeedRun):
     """pretrain, sft and dpo share this; `dpo` is read by the DPO stage only."""
 
-    name: str = ""
-    seed: int = 0
-    output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)  # the model the stage starts from
     data: StageDataConfig = field(default_factory=StageDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: StageTrainConfig = field(default_factory=StageTrainConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -490,13 +489,10 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class BestOfNConfig:
+class BestOfNConfig(SeedRun):
     """`rlvr bestofn`: n samples per prompt from one checkpoint, scored by the verifiers;
     pass@k (best of k, the verifier picking) and maj@k (majority vote over k answers)."""
 
-    name: str = ""
-    seed: int = 0
-    output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)  # the checkpoint (a policy folder or hub id)
     data: DataConfig = field(default_factory=DataConfig)  # prompts: data.eval rows, else data.task's held-out split
     num_prompts: int = 0  # the first N prompts; 0: all
@@ -511,18 +507,11 @@ class BestOfNConfig:
         if self.n < 1 or not self.k or any(k < 1 or k > self.n for k in self.k):
             raise ConfigError(f"k must be a list of values between 1 and n={self.n}, got {list(self.k)}")
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
-
 
 @dataclass(frozen=True)
-class RFTConfig:
+class RFTConfig(SeedRun):
     """`rlvr rft`: rounds of sample -> keep verified completions -> fine-tune on them."""
 
-    name: str = ""
-    seed: int = 0
-    output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)  # the model round 1 samples from
     data: DataConfig = field(default_factory=DataConfig)  # training prompts and held-out rows, as for `rlvr train`
     rounds: int = 3
@@ -539,7 +528,3 @@ class RFTConfig:
     def __post_init__(self):
         if self.rounds < 1 or self.keep_per_prompt < 1 or self.samples_per_prompt < 1:
             raise ConfigError("rounds, keep_per_prompt and samples_per_prompt must be at least 1")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name / f"seed_{self.seed}"
