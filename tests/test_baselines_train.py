@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from numerics import LOGPROB_ATOL
 from rlvr.runlog import read_metrics
 
 BASELINES = REPO / "experiments" / "tiny" / "baselines"
@@ -36,7 +37,7 @@ def test_critic_free_baseline_learns_the_tiny_task(tmp_path, name):
     assert (run / "checkpoints" / "step_40" / "policy" / "config.json").exists()
     rows = read_metrics(run)[1:]
     assert all("loss/value" not in r and "value/mean" not in r for r in rows)
-    assert max(r["rollout/sampler_logprob_diff"] for r in rows) <= 1e-4
+    assert max(r["rollout/sampler_logprob_diff"] for r in rows) <= LOGPROB_ATOL
     if name == "dapo":
         # dynamic sampling: every step trains on full groups of 4 with varying rewards
         assert all(r["rollout/dynamic_rounds"] >= 1 for r in rows)
@@ -52,11 +53,10 @@ def test_critic_free_run_with_dynamic_sampling_resumes_exactly(tmp_path):
     a = read_metrics(tmp_path / "straight" / "dapo" / "seed_0")
     b = read_metrics(tmp_path / "stopped" / "dapo" / "seed_0")
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    # exactly: one machine, one code path, one thread count (tests/numerics.py)
     for ra, rb in zip(a, b):
-        keys = {k for k in ra if not k.startswith(NONDETERMINISTIC)}
-        assert keys == {k for k in rb if not k.startswith(NONDETERMINISTIC)}
-        for k in keys:
-            assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-7), (ra["step"], k)
+        ka = {k: v for k, v in ra.items() if not k.startswith(NONDETERMINISTIC)}
+        assert ka == {k: v for k, v in rb.items() if not k.startswith(NONDETERMINISTIC)}, ra["step"]
 
 
 @pytest.fixture(scope="module")

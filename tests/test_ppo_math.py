@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from numerics import GRAD_RTOL, assert_same_gradients, grads_of
 from rlvr.baselines import gae
 from rlvr.config import PPOConfig
 from rlvr.learner import PPOLearner, lr_lambda, make_batch
@@ -151,63 +152,130 @@ def _random_rollouts(n, vocab, seed):
     return out
 
 
-def test_micro_batches_equal_one_big_batch(tiny_model_dir):
-    """Gradient accumulation over 8 micro-batches of 1 gives the update of one micro-batch of 8."""
+# ---------------------------------------------------------------- micro-batches vs one batch
+# Accumulating a minibatch's gradient over micro-batches must give the gradient of one pass over it.
+# These tests compare what that is about: the gradient of every minibatch, taken just before each
+# optimizer step, and the logged statistics. The learner's AdamW is replaced by plain SGD, so that
+# the weights of the next minibatch differ only by lr times the gradient difference: Adam divides by
+# sqrt(v), which turns last-bit noise in a near-zero gradient into a step of size lr (at lr 1e-2,
+# weights after one AdamW step differed by 6e-5 between the two paths on an AVX-512 machine).
+#
+# GRAD_RTOL (tests/numerics.py) is derived there from the noise measured on this learner.
+SGD_LR = 1e-2
+
+
+def assert_same_steps(steps_a: list[dict], steps_b: list[dict]) -> None:
+    assert len(steps_a) == len(steps_b) > 0
+    for i, (a, b) in enumerate(zip(steps_a, steps_b)):
+        assert_same_gradients(a, b, where=f"step {i}")
+
+
+def use_sgd(learner: PPOLearner) -> list[dict]:
+    """Swap the learner's AdamW for SGD (constant lr); returns the list that collects each model's
+    gradients just before each of its optimizer steps, in step order."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    grads: list[dict] = []
+    for attr, model in (("policy", learner.policy), ("critic", learner.critic)):
+        if model is None:
+            continue
+        opt = torch.optim.SGD(model.parameters(), lr=SGD_LR)
+        opt.register_step_pre_hook(lambda o, args, kwargs, model=model, attr=attr: grads.append(grads_of(model, f"{attr}.")))
+        setattr(learner, f"{attr}_opt", opt)
+        setattr(learner, f"{attr}_sched", LambdaLR(opt, lambda step: 1.0))
+    return grads
+
+
+def _off_policy(logp_BT: torch.Tensor, mask_BT: torch.Tensor, seed: int) -> torch.Tensor:
+    """Old logprobs 0.5 nats off the current ones, in a random direction per token: ratios e^-0.5 and
+    e^0.5 lie far outside the clip range [0.8, 1.2], so clipping takes part, and no ratio is near a
+    clip boundary (where last-bit noise would flip a token between clipped and not)."""
+    sign = torch.randint(0, 2, logp_BT.shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return logp_BT + 0.5 * sign * mask_BT
+
+
+def _ppo_update(policy, critic, ref, batch, micro, adv, ret, isw=None, agg="token"):
+    """One PPOLearner.update (2 minibatches) with SGD: (stats, gradients before each step, weights after)."""
+    cfg = PPOConfig(num_minibatches=2, micro_batch_size=micro, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01)
+    p, c = copy.deepcopy(policy), copy.deepcopy(critic)
+    learner = PPOLearner(p, c, ref, cfg, total_steps=1, pad_id=0, loss_agg=agg, max_new_tokens=batch.mask.shape[1])
+    grads = use_sgd(learner)
+    old_logp = _off_policy(learner.logprobs(p, batch), batch.mask, seed=5)
+    ref_logp = learner.logprobs(ref, batch) if ref is not None else None
+    old_v = learner.values(batch) if c is not None else None
+    stats = learner.update(batch, adv, ret, old_logp, old_v, ref_logp, generator=torch.Generator().manual_seed(7), is_weights_BT=isw)
+    weights = {**{f"policy.{k}": v for k, v in p.state_dict().items()}, **({f"critic.{k}": v for k, v in c.state_dict().items()} if c else {})}
+    return stats, grads, weights
+
+
+def _ppo_fixture(model_dir, n, seed, critic=True):
     from rlvr.models import load_critic, load_policy
 
-    policy = load_policy(tiny_model_dir)
-    critic = load_critic(tiny_model_dir, from_policy=True)
-    ref = load_policy(tiny_model_dir)
-    batch = make_batch(_random_rollouts(16, policy.config.vocab_size, seed=0), pad_id=0)
-    gen = torch.Generator().manual_seed(1)
+    policy = load_policy(model_dir)
+    batch = make_batch(_random_rollouts(n, policy.config.vocab_size, seed=seed), pad_id=0)
+    gen = torch.Generator().manual_seed(seed + 1)
     adv = torch.randn(batch.mask.shape, generator=gen) * batch.mask
     ret = torch.randn(batch.mask.shape, generator=gen) * batch.mask
-    results = []
-    for micro in (8, 1):
-        cfg = PPOConfig(num_minibatches=2, micro_batch_size=micro, lr=1e-2, critic_lr=1e-2, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01)
-        p, c = copy.deepcopy(policy), copy.deepcopy(critic)
-        learner = PPOLearner(p, c, ref, cfg, total_steps=1, pad_id=0)
-        old_logp = learner.logprobs(p, batch) + 0.05 * batch.mask  # off-policy, so clipping takes part
-        ref_logp = learner.logprobs(ref, batch)
-        old_v = learner.values(batch)
-        stats = learner.update(batch, adv, ret, old_logp, old_v, ref_logp, generator=torch.Generator().manual_seed(7))
-        results.append((stats, p.state_dict(), c.state_dict()))
-    (s8, p8, c8), (s1, p1, c1) = results
-    for key in ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "policy/clip_frac", "policy/grad_norm"):
-        assert s8[key] == pytest.approx(s1[key], rel=1e-5, abs=1e-6), key
-    for a, b in ((p8, p1), (c8, c1)):
-        for name in a:
-            # Adam divides by sqrt(v): float noise in near-zero gradients shows up at ~1e-6 (lr is 1e-2)
-            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
-    assert not torch.equal(p8["model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
+    models = (policy, load_critic(model_dir, from_policy=True), load_policy(model_dir)) if critic else (policy, None, None)
+    return models, batch, adv, ret
+
+
+def _assert_same_update(a, b, keys):
+    (sa, ga, wa), (sb, gb, wb) = a, b
+    # each statistic is a sum of per-micro-batch terms: the same float32 reordering noise as the gradients;
+    # those near zero (the k3 KL in the loss is ~1e-6 here, a difference of nearly equal logprobs) to 1e-7
+    for key in keys:
+        assert sb[key] == pytest.approx(sa[key], rel=GRAD_RTOL, abs=1e-7), key
+    assert_same_steps(ga, gb)
+    # SGD moved each weight by -lr * c * g per step, c the clip-norm coefficient (<= 1): over 2 steps the
+    # weights differ by at most lr * 2 * 2 * GRAD_RTOL * max|g| (once for g, once for c), plus 1 ulp of w
+    for name in wa:
+        scale = max((g[name].abs().max().item() for g in ga if name in g), default=0.0)
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=SGD_LR * 2 * 2 * GRAD_RTOL * scale + 1e-7 * wa[name].abs().max().item())
+
+
+def test_micro_batches_equal_one_big_batch(tiny_model_dir):
+    """Gradient accumulation over 8 micro-batches of 1 gives the gradients of one micro-batch of 8
+    (policy with clipped loss, entropy bonus and k3 KL in the loss; critic with clipped value loss)."""
+    (policy, critic, ref), batch, adv, ret = _ppo_fixture(tiny_model_dir, 16, seed=0)
+    big = _ppo_update(policy, critic, ref, batch, 8, adv, ret)
+    small = _ppo_update(policy, critic, ref, batch, 1, adv, ret)
+    _assert_same_update(big, small, ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "policy/clip_frac", "policy/grad_norm", "value/grad_norm"))
+    assert big[0]["policy/clip_frac"] > 0.2  # clipping took part
+    assert len(big[1]) == 4  # policy and critic, 2 minibatches each
+    assert not torch.equal(big[2]["policy.model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
 
 
 @pytest.mark.parametrize("agg", ["sequence", "constant"])
 def test_micro_batches_equal_one_big_batch_without_critic(tiny_model_dir, agg):
     """The same equivalence for a critic-free learner under each non-default loss aggregation,
     with truncated importance weights."""
-    from rlvr.models import load_policy
+    (policy, _, _), batch, adv, _ = _ppo_fixture(tiny_model_dir, 12, seed=3, critic=False)
+    isw = torch.rand(batch.mask.shape, generator=torch.Generator().manual_seed(2)) * 2 * batch.mask
+    big = _ppo_update(policy, None, None, batch, 6, adv, None, isw, agg)
+    small = _ppo_update(policy, None, None, batch, 1, adv, None, isw, agg)
+    assert "loss/value" not in big[0]
+    _assert_same_update(big, small, ("loss/policy", "policy/clip_frac", "policy/grad_norm"))
 
-    policy = load_policy(tiny_model_dir)
-    batch = make_batch(_random_rollouts(12, policy.config.vocab_size, seed=3), pad_id=0)
-    gen = torch.Generator().manual_seed(2)
-    adv = torch.randn(batch.mask.shape, generator=gen) * batch.mask
-    isw = torch.rand(batch.mask.shape, generator=gen) * 2 * batch.mask
-    results = []
-    for micro in (6, 1):
-        cfg = PPOConfig(num_minibatches=2, micro_batch_size=micro, lr=1e-2)
-        p = copy.deepcopy(policy)
-        learner = PPOLearner(p, None, None, cfg, total_steps=1, pad_id=0, loss_agg=agg, max_new_tokens=batch.mask.shape[1])
-        old_logp = learner.logprobs(p, batch) + 0.05 * batch.mask
-        stats = learner.update(batch, adv, None, old_logp, None, None, generator=torch.Generator().manual_seed(7), is_weights_BT=isw)
-        results.append((stats, p.state_dict()))
-    (s6, p6), (s1, p1) = results
-    assert "loss/value" not in s6
-    for key in ("loss/policy", "policy/clip_frac", "policy/grad_norm"):
-        assert s6[key] == pytest.approx(s1[key], rel=1e-5, abs=1e-6), key
-    for name in p6:
-        # Adam moves every weight by about lr = 1e-2; float noise in near-zero gradients stays below 1e-4
-        torch.testing.assert_close(p6[name], p1[name], rtol=1e-4, atol=1e-4)
+
+def test_wrong_accumulation_is_caught(tiny_model_dir, monkeypatch):
+    """The comparison has teeth: one micro-batch's policy loss scaled by 1.01 fails it."""
+    import rlvr.learner
+
+    (policy, critic, ref), batch, adv, ret = _ppo_fixture(tiny_model_dir, 16, seed=0)
+    big = _ppo_update(policy, critic, ref, batch, 8, adv, ret)
+    calls = []
+    real = rlvr.learner.clipped_policy_loss
+
+    def scaled_once(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls.append(1)
+        return (loss * 1.01 if len(calls) == 1 else loss), stats
+
+    monkeypatch.setattr(rlvr.learner, "clipped_policy_loss", scaled_once)
+    small = _ppo_update(policy, critic, ref, batch, 1, adv, ret)
+    with pytest.raises(AssertionError, match="step 0 policy"):
+        assert_same_steps(big[1], small[1])
 
 
 def test_loss_weights_by_hand():

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from numerics import LOGPROB_ATOL
 from rlvr.learner import PPOLearner, make_batch
 from rlvr.config import PPOConfig
 from rlvr.models import load_policy, load_tokenizer
@@ -61,7 +62,7 @@ def test_vllm_logprobs_equal_learner_logprobs_before_any_update(vllm_engine, tin
     rollouts = vllm_engine.generate(prompts(tok, 8) + prompts(tok, 8, words=3), Sampling(max_new_tokens=12, seed=3), n=2)
     ours, mask = learner_logprobs(policy, rollouts)
     diff = ((ours - sampler_logprobs(rollouts, mask)).abs() * mask).max().item()
-    assert diff <= 1e-4, diff
+    assert diff <= LOGPROB_ATOL, diff
     assert mask.sum() > 100
 
 
@@ -89,13 +90,13 @@ def test_weight_sync_serves_new_weights_even_for_cached_prefixes(engine_kind, vl
         new_lp, mask = learner_logprobs(new, after)
         old_lp, _ = learner_logprobs(old, after)
         got = sampler_logprobs(after, mask)
-        assert ((got - new_lp).abs() * mask).max().item() <= 1e-4
+        assert ((got - new_lp).abs() * mask).max().item() <= LOGPROB_ATOL
         assert ((got - old_lp).abs() * mask).max().item() > 0.05
     finally:
         engine.load_weights(old.state_dict().items())  # the session engine goes back to the fixture's weights
     back = engine.generate([long_prefix], sampling, n=2)
     lp, mask = learner_logprobs(old, back)
-    assert ((sampler_logprobs(back, mask) - lp).abs() * mask).max().item() <= 1e-4
+    assert ((sampler_logprobs(back, mask) - lp).abs() * mask).max().item() <= LOGPROB_ATOL
 
 
 def test_prefix_cache_reset_is_what_makes_the_sync_correct(vllm_engine, tiny_model_dir, monkeypatch):
@@ -131,7 +132,7 @@ def test_hf_engine_has_the_same_interface_and_logprobs(tiny_model_dir):
     rollouts = engine.generate(ids, Sampling(max_new_tokens=10, seed=1), n=3)
     assert len(rollouts) == 18 and all(r.prompt_ids == ids[i // 3] for i, r in enumerate(rollouts))
     lp, mask = learner_logprobs(load_policy(tiny_model_dir), rollouts)
-    assert ((sampler_logprobs(rollouts, mask) - lp).abs() * mask).max().item() <= 1e-4
+    assert ((sampler_logprobs(rollouts, mask) - lp).abs() * mask).max().item() <= LOGPROB_ATOL
     greedy = engine.generate(ids[:2], Sampling(max_new_tokens=5, temperature=0.0), n=1)
     assert [r.completion_ids for r in greedy] == [r.completion_ids for r in engine.generate(ids[:2], Sampling(5, 0.0), 1)]
 

@@ -42,7 +42,7 @@ def test_each_seed_equals_a_single_run(seeded, tmp_path):
     out, proc = seeded
     assert "seed 0: started" in proc.stderr and "seed 1: started" in proc.stderr
     # the launcher gives each seed OMP_NUM_THREADS = resources.cpus (1): bit-for-bit equality needs the
-    # same thread count (float sums are ordered by threads)
+    # same thread count (float sums are ordered by threads), and holds on one machine (tests/numerics.py)
     single = run("train", "--config", str(TINY), "--output_dir", str(tmp_path), "--seed", "1", "--no-progress", *SHORT, OMP_NUM_THREADS="1")
     assert single.returncode == 0, single.stderr[-2000:]
     a, b = read_metrics(out / "kinds" / "seed_1"), read_metrics(tmp_path / "kinds" / "seed_1")

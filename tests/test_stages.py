@@ -149,6 +149,7 @@ def test_interrupted_stage_resumes_to_the_same_model(chained, tmp_path):
     finish(rlvr("sft", "--config", str(cfg("cut")), "--resume"))
     a = load_file(tmp_path / "runs" / "full" / "seed_0" / "final" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "cut" / "seed_0" / "final" / "model.safetensors")
+    # exactly: one machine, one code path, one thread count (tests/numerics.py)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     ma = [json.loads(line) for line in open(tmp_path / "runs/full/seed_0/metrics.jsonl")]

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import REPO
+from numerics import LOGPROB_ATOL
 from rlvr.runlog import read_metrics
 
 TINY = REPO / "experiments" / "tiny" / "kinds.yaml"
@@ -49,7 +48,7 @@ def test_tiny_task_is_learned_from_scratch(tmp_path):
     ):
         assert tag in last, tag
     # the engine always serves the learner's current weights
-    assert max(r["rollout/sampler_logprob_diff"] for r in rows[1:]) <= 1e-4
+    assert max(r["rollout/sampler_logprob_diff"] for r in rows[1:]) <= LOGPROB_ATOL
     # TensorBoard sees the same scalars and the config text
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -87,9 +86,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     a = read_metrics(tmp_path / "full" / "kinds" / "seed_0")
     b = read_metrics(run)
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(13))
+    # Exactly: both runs are on this machine, by the same code path at the same thread count, so the
+    # kernels round alike; weights, optimizer, RNG and data position are restored bit for bit, and any
+    # difference is a restore bug (tests/numerics.py).
     for ra, rb in zip(a, b):
         ka = {k: v for k, v in ra.items() if not k.startswith(NONDETERMINISTIC)}
         kb = {k: v for k, v in rb.items() if not k.startswith(NONDETERMINISTIC)}
-        assert ka.keys() == kb.keys()
-        for k in ka:
-            assert kb[k] == pytest.approx(ka[k], rel=1e-6, abs=1e-7), (ra["step"], k)
+        assert ka == kb, ra["step"]
