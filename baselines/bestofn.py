@@ -82,7 +82,7 @@ def prompt_rows(cfg: BestOfNConfig) -> list[dict]:
 
     d = cfg.data
     if d.eval:
-        rows = normalize_rows(load_rows(d.eval), d.eval)
+        rows = normalize_rows(load_rows(d.eval, d.eval_split), d.eval)
     elif d.task:
         try:
             _, heldout = make_task(d.task, 1, d.num_eval, seed=0)

@@ -39,6 +39,8 @@ class TinyModelConfig:
     intermediate_size: int = 256
     max_position_embeddings: int = 128
     tie_word_embeddings: bool = True
+    tokenizer: Literal["word", "chatml", "llama3"] = "word"  # word-level, or byte-level BPE with Qwen2.5's (chatml) or Llama 3's special tokens and chat template (rlvr.chat)
+    vocab_size: int = 2048  # BPE tokenizers: vocabulary size including special tokens (word: every word seen)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class DataConfig:
     task: str = ""  # a synthetic task from rlvr.tasks (e.g. "kinds"); empty: read the files below
     train: str = ""  # JSONL/Parquet file, folder, or hub dataset id with RLVR rows
     eval: str = ""  # held-out rows, same formats; empty with `task`: the task's held-out split
+    train_split: str = "train"  # the split of data.train read from a hub dataset or a folder
+    eval_split: str = "train"  # the split of data.eval (allenai/RLVR-GSM keeps its held-out rows in "test")
     num_train: int = 2000  # rows the synthetic task makes for training
     num_eval: int = 64  # held-out rows evaluated each time
     max_prompt_tokens: int = 64  # longer prompts are rejected when the data is loaded
@@ -64,8 +68,8 @@ class RolloutConfig:
     prompts_per_step: int = 32  # distinct prompts sampled each step
     samples_per_prompt: int = 4  # completions per prompt (n)
     max_new_tokens: int = 16
-    temperature: float = 1.0  # PPO assumes 1.0: sampler and learner then share one distribution
-    top_p: float = 1.0
+    temperature: float = 1.0  # sampling temperature (> 0); the learner's logprobs, KL and entropy are of logits / temperature too
+    top_p: float = 1.0  # must be 1: the learner does not reproduce a top-p truncated distribution (its ratios would be wrong)
     kv_cache_mb: int = 64  # vLLM KV cache size on the CPU
     gpu_memory_utilization: float = 0.5  # vLLM on a GPU
 
@@ -180,6 +184,14 @@ class Config(SeedRun):
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self):
+        r = self.rollout
+        if r.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0 (training samples from the policy; greedy decoding has no ratio), got {r.temperature}")
+        if r.top_p != 1.0:
+            raise ConfigError(
+                f"rollout.top_p must be 1.0, got {r.top_p}: the learner's ratios and KL are of the untruncated distribution, "
+                "so top-p sampling would train on the wrong one"
+            )
         a, n = self.algo, self.rollout.samples_per_prompt
         group = a.baseline in ("grpo", "dr_grpo", "rloo")
         if (group or a.dynamic_sampling) and n < 2:
@@ -410,8 +422,8 @@ class StageDataConfig:
     eval: str = ""  # held-out file in the same format (with `task`: the task's held-out split)
     num_train: int = 20000  # synthetic: corpus sentences (pretrain) or rows (sft, dpo)
     num_eval: int = 256
-    seq_len: int = 64  # tokens per training sequence (longer examples are truncated)
-    packing: bool = True  # SFT: pack examples into seq_len rows (pretraining always packs)
+    seq_len: int = 64  # tokens per training row: a longer SFT example is truncated from the end, a longer document cut into row-sized pieces
+    packing: bool = True  # SFT: several examples per row, attention kept within each (pretraining always packs); false: one per row
 
 
 @dataclass(frozen=True)
@@ -431,6 +443,7 @@ class DPOOptions:
     temperature: float = 1.0
     max_new_tokens: int = 24
     num_prompts: int = 1024  # on-policy: prompts sampled from data.train / the task
+    pass_threshold: float = 1.0  # on-policy: `chosen` is a sample scored `ok` with a score >= this; `rejected` one scored `wrong`
     epochs: int = 1
 
 
@@ -443,7 +456,8 @@ class StageConfig(SeedRun):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: StageTrainConfig = field(default_factory=StageTrainConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)  # on-policy DPO pairs are scored as `rlvr train` scores rollouts
+    verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from rlvr.rollouts import derive_seed
-from rlvr.verifiers import UnknownVerifierError, get_verifier
+from rlvr.verifiers import UnknownVerifierError, canonical_name, get_verifier
 
 
 class DataError(ValueError):
@@ -82,9 +82,10 @@ def normalize_rows(rows: list[dict], source: str) -> list[dict]:
         if not isinstance(verifier, str) or not verifier:
             raise DataError(f"{where}: missing 'verifier' (or 'dataset') column")
         try:
-            fn = get_verifier(verifier)
+            verifier = canonical_name(verifier)
         except UnknownVerifierError as e:
             raise DataError(f"{where}: {e}") from None
+        fn = get_verifier(verifier)
         if "ground_truth" not in row or row["ground_truth"] is None:
             raise DataError(f"{where}: missing 'ground_truth'")
         gt = row["ground_truth"]
@@ -113,16 +114,13 @@ def normalize_rows(rows: list[dict], source: str) -> list[dict]:
 
 
 def encode_prompts(rows: list[dict], tokenizer, max_tokens: int, source: str) -> list[list[int]]:
+    """Each row's prompt as the model sees it (rlvr.chat.prompt_ids: `messages` through the
+    model's chat template); a prompt over `max_tokens` or of no tokens is a DataError naming the row."""
+    from rlvr.chat import prompt_ids
+
     ids = []
     for i, row in enumerate(rows):
-        if "messages" in row:
-            if getattr(tokenizer, "chat_template", None):
-                text = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, tokenize=False)
-            else:
-                text = "\n".join(m["content"] for m in row["messages"])
-            toks = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            toks = tokenizer(row["prompt"])["input_ids"]
+        toks = prompt_ids(tokenizer, row)
         if len(toks) > max_tokens:
             raise DataError(f"{source} row {i}: prompt has {len(toks)} tokens, over data.max_prompt_tokens={max_tokens}")
         if not toks:
@@ -167,11 +165,11 @@ class PromptSampler:
 # ------------------------------------------------------------------------------------ real datasets
 
 
-def gsm8k_rows(path: str | Path, limit: int | None = None, with_answer: bool = False) -> list[dict]:
-    """RLVR rows from a GSM8K file (`question`, `answer` ending `#### N`); `with_answer` keeps the
-    worked solution as an assistant turn (SFT data)."""
+def gsm8k_rows(source: str | Path, limit: int | None = None, with_answer: bool = False, split: str = "train") -> list[dict]:
+    """RLVR rows from GSM8K rows (`question`, `answer` ending `#### N`; a file, folder or hub id);
+    `with_answer` keeps the worked solution as an assistant turn (SFT data)."""
     rows = []
-    for raw in _read_jsonl(Path(path))[:limit]:
+    for raw in load_rows(str(source), split)[:limit]:
         messages = [{"role": "user", "content": raw["question"]}]
         if with_answer:
             messages.append({"role": "assistant", "content": raw["answer"]})
@@ -179,12 +177,23 @@ def gsm8k_rows(path: str | Path, limit: int | None = None, with_answer: bool = F
     return rows
 
 
-def math_rows(path: str | Path, limit: int | None = None, with_answer: bool = False) -> list[dict]:
-    """RLVR rows from a MATH file (`problem`, `solution`, `answer`)."""
+def math_rows(source: str | Path, limit: int | None = None, with_answer: bool = False, split: str = "train") -> list[dict]:
+    """RLVR rows from MATH rows (`problem`, `solution`, `answer`; a file, folder or hub id such as
+    HuggingFaceH4/MATH-500 with split test)."""
     rows = []
-    for raw in _read_jsonl(Path(path))[:limit]:
+    for raw in load_rows(str(source), split)[:limit]:
         messages = [{"role": "user", "content": raw["problem"]}]
         if with_answer:
             messages.append({"role": "assistant", "content": raw["solution"]})
         rows.append({"messages": messages, "ground_truth": raw["answer"], "verifier": "math"})
+    return rows
+
+
+def ifeval_rows(source: str | Path, limit: int | None = None, split: str = "train") -> list[dict]:
+    """RLVR rows from Google's IFEval rows (`prompt`, `instruction_id_list`, `kwargs`; a file,
+    folder or hub id such as google/IFEval), checked by the `ifeval` verifier."""
+    rows = []
+    for raw in load_rows(str(source), split)[:limit]:
+        truth = {"instruction_id_list": raw["instruction_id_list"], "kwargs": raw["kwargs"]}
+        rows.append({"messages": [{"role": "user", "content": raw["prompt"]}], "ground_truth": json.dumps(truth), "verifier": "ifeval"})
     return rows

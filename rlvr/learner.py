@@ -108,11 +108,16 @@ class PPOLearner:
         pad_id: int,
         loss_agg: str = "token",
         max_new_tokens: int = 0,
+        temperature: float = 1.0,
     ):
         """`critic` None: a critic-free baseline (no value loss); `loss_agg`/`max_new_tokens`:
-        how the policy loss aggregates over tokens (rlvr.ppo.loss_weights)."""
+        how the policy loss aggregates over tokens (rlvr.ppo.loss_weights); `temperature`: the
+        engine's sampling temperature (every logprob, entropy and KL is of logits / temperature,
+        the distribution the rollouts were sampled from)."""
+        if temperature <= 0:
+            raise ValueError(f"the learner needs a sampling temperature > 0, got {temperature}")
         self.policy, self.critic, self.ref, self.cfg, self.pad_id = policy, critic, ref, cfg, pad_id
-        self.loss_agg, self.max_new_tokens = loss_agg, max_new_tokens
+        self.loss_agg, self.max_new_tokens, self.temperature = loss_agg, max_new_tokens, temperature
         # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
         self.device = next(policy.parameters()).device
         if ref is not None:
@@ -135,11 +140,16 @@ class PPOLearner:
         for start in range(0, len(batch), self.cfg.micro_batch_size):
             yield batch.rows(slice(start, start + self.cfg.micro_batch_size)).to(self.device)
 
+    def sampling_logits(self, model: torch.nn.Module, mb: Batch) -> torch.Tensor:
+        """Logits of the distribution the engine samples from: the model's, divided by the temperature."""
+        logits = response_logits(model, mb)
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
     @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """log pi(response token) under `model`: [B, T] float32 (0 on padding)."""
+        """log pi(response token) under `model` at the sampling temperature: [B, T] float32 (0 on padding)."""
         model.eval()
-        parts = [token_logprobs(response_logits(model, mb), mb.response_ids) * mb.mask for mb in self.micro_batches(batch)]
+        parts = [token_logprobs(self.sampling_logits(model, mb), mb.response_ids) * mb.mask for mb in self.micro_batches(batch)]
         return torch.cat(parts).cpu()
 
     @torch.no_grad()
@@ -198,7 +208,7 @@ class PPOLearner:
                     w = weights[mstart : mstart + cfg.micro_batch_size].to(self.device)
                     share = mb.mask.sum().item() / num_tokens  # this micro-batch's weight in token means
                     if train_policy:
-                        logits = response_logits(self.policy, mb)
+                        logits = self.sampling_logits(self.policy, mb)
                         logp = token_logprobs(logits, mb.response_ids)
                         loss, pstats = clipped_policy_loss(
                             logp, on_device(old_logp_BT), on_device(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, w

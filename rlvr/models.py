@@ -1,9 +1,11 @@
 """Models and tokenizers: tiny ones built from scratch, or any HF id / local folder.
 
 The tiny models are Llama or Qwen2 (the families vLLM-CPU runs natively; OLMo 2 only goes
-through vLLM's Transformers backend, which fails on the CPU). Their tokenizer is a word-level
-tokenizer trained with `tokenizers` on the task's own text, saved with `save_pretrained` so
-that transformers and vLLM both load the folder.
+through vLLM's Transformers backend, which fails on the CPU). Their tokenizer is trained with
+`tokenizers` on the task's own text, word-level or byte-level BPE with a hub model's special
+tokens and chat template (rlvr.chat), and saved with `save_pretrained` beside the model (with a
+generation_config naming every stop id), so that transformers and vLLM load the folder as they
+load a hub model.
 
 The critic (value model) is a separate model initialised from the policy, with a scalar
 head (`AutoModelForTokenClassification`, one label), as in Tulu 3 / open-instruct. We keep
@@ -19,45 +21,22 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    LlamaConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer, LlamaConfig, Qwen2Config
 
 from rlvr.config import TinyModelConfig
-
-SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-# A plain chat template, so `messages` rows work with the tiny tokenizer as with real ones.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}assistant :{% endif %}"
-)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def train_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (whitespace split) whose vocabulary is every word in `texts`."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS.values()), min_frequency=1)
-    tok.train_from_iterator(texts, trainer)
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
-    out.chat_template = CHAT_TEMPLATE
-    return out
-
-
 def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int) -> torch.nn.Module:
-    """A randomly initialised causal LM of the given size (float32), deterministic in `seed`."""
+    """A randomly initialised causal LM of the given size (float32), deterministic in `seed`; its
+    config names the stop ids of the tokenizer's style (saved into generation_config.json)."""
+    from rlvr.chat import style_stop_ids
+
     head_dim = cfg.hidden_size // cfg.num_heads
     if head_dim * cfg.num_heads != cfg.hidden_size:
         raise ValueError(f"model.tiny.hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+    stop = style_stop_ids(tokenizer, cfg.tokenizer)
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -68,15 +47,34 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer, seed: int) -> torch.nn.Mod
         max_position_embeddings=cfg.max_position_embeddings,
         tie_word_embeddings=cfg.tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop if len(stop) > 1 else stop[0],
+        # A pad id in the model config becomes the embedding's padding_idx: a row fixed at zero that
+        # never gets a gradient. Where the pad token is also a stop token (Qwen's <|endoftext|>), the
+        # model could never learn to emit it; like Qwen2.5, only generation_config names the pad.
+        pad_token_id=tokenizer.pad_token_id if cfg.tokenizer == "word" else None,
         torch_dtype="float32",
     )
     config = LlamaConfig(head_dim=head_dim, **common) if cfg.arch == "llama" else Qwen2Config(**common)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def save_tiny_model(cfg: TinyModelConfig, texts: Iterable[str], seed: int, out: Path) -> Path:
+    """Train the tokenizer of `cfg.tokenizer` on `texts`, build the model, save both into `out`
+    (written whole under a temporary name, then renamed)."""
+    from rlvr.chat import train_tokenizer
+
+    tokenizer = train_tokenizer(texts, cfg.tokenizer, cfg.vocab_size)
+    model = build_tiny_model(cfg, tokenizer, seed=seed)
+    tmp = out.parent / f".tmp_{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -134,11 +132,5 @@ def initial_model(cfg, run_dir: Path, tokenizer_text: list[str]) -> str:
         return cfg.model.name_or_path
     out = run_dir / "init_model"
     if not (out / "config.json").exists():
-        tokenizer = train_word_tokenizer(tokenizer_text)
-        model = build_tiny_model(cfg.model.tiny, tokenizer, seed=cfg.seed)
-        tmp = run_dir / ".tmp_init_model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out)
+        save_tiny_model(cfg.model.tiny, tokenizer_text, cfg.seed, out)
     return str(out)

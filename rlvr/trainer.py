@@ -132,8 +132,8 @@ def prepare_data(cfg: Config) -> tuple[list[dict], list[dict], list[str]]:
         # task rows may carry a demonstration for SFT; RLVR prompts drop it
         train, heldout = normalize_rows(train, d.task), normalize_rows(heldout, f"{d.task} held-out")
     else:
-        train = normalize_rows(load_rows(d.train), d.train)
-        heldout = normalize_rows(load_rows(d.eval), d.eval)[: d.num_eval] if d.eval else []
+        train = normalize_rows(load_rows(d.train, d.train_split), d.train)
+        heldout = normalize_rows(load_rows(d.eval, d.eval_split), d.eval)[: d.num_eval] if d.eval else []
     text = [r.get("prompt") or " ".join(m["content"] for m in r["messages"]) for r in train + heldout]
     text += [ground_truth_text(r["ground_truth"]) for r in train + heldout]
     if d.task == "kinds":
@@ -217,6 +217,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         pad_id=tokenizer.pad_token_id,
         loss_agg=cfg.algo.loss_agg,
         max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
     )
 
     train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))

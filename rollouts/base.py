@@ -20,7 +20,7 @@ class Rollout:
     prompt_ids: list[int]
     completion_ids: list[int]  # includes the EOS token when generation stopped on it
     text: str  # the completion decoded without special tokens
-    sampler_logprobs: list[float]  # log pi_sampler(token) of each completion token, temperature 1
+    sampler_logprobs: list[float]  # log pi_sampler(token) of each completion token, of the distribution sampled from (logits / temperature, after top-p)
     finish_reason: str  # "stop" or "length"
 
 

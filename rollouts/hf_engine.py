@@ -13,12 +13,20 @@ class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 64, **_ignored):
         from rlvr.models import load_policy, load_tokenizer
 
+        from transformers import GenerationConfig
+
+        from rlvr.chat import stop_token_ids
+
         self.model = load_policy(model_path, dtype).eval()
         self.tokenizer = load_tokenizer(model_path)
         self.batch_size = batch_size
-        self.eos_ids = {self.tokenizer.eos_token_id}
-        if isinstance(self.model.generation_config.eos_token_id, list):
-            self.eos_ids |= set(self.model.generation_config.eos_token_id)
+        self.eos_ids = set(stop_token_ids(model_path, self.tokenizer))
+        # The checkpoint's sampling defaults (Qwen2.5-Instruct ships temperature 0.7, top_p 0.8,
+        # top_k 20, repetition_penalty 1.05) would fill whatever generate() is not told: only the
+        # run's own settings may shape the distribution the learner reproduces.
+        self.model.generation_config = GenerationConfig(
+            bos_token_id=self.tokenizer.bos_token_id, eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id
+        )
 
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling, n: int = 1) -> list[Rollout]:
@@ -39,15 +47,15 @@ class HFEngine:
                     do_sample=not greedy,
                     temperature=None if greedy else sampling.temperature,
                     top_p=None if greedy else sampling.top_p,
-                    top_k=None if greedy else 0,  # no top-k, as in vLLM (generation configs often default to 50)
+                    top_k=None if greedy else 0,  # no top-k, as in vLLM (transformers' default is 50)
                     num_return_sequences=n,
                     pad_token_id=pad,
                     eos_token_id=sorted(self.eos_ids),
-                    output_logits=True,
+                    output_scores=True,
                     return_dict_in_generate=True,
                 )
-                # raw (temperature 1) log-softmax of the logits at each generated position
-                logp = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # [B*n, T, V]
+                # the scores sampled from (logits / temperature, top-p applied), as log-probabilities
+                logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B*n, T, V]
                 new = out.sequences[:, width:]
                 for row in range(new.shape[0]):
                     tokens, reason = [], "length"

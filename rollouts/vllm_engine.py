@@ -48,6 +48,9 @@ class VLLMEngine:
             enforce_eager=True,
             enable_prefix_caching=True,
             seed=seed,
+            # the sampled token's logprob under the distribution it was sampled from (after the
+            # temperature and top-p), not the raw model's: what the learner's ratios divide by
+            logprobs_mode="processed_logprobs",
         )
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -65,6 +68,10 @@ class VLLMEngine:
         np.random.set_state(state[1])
         torch.set_rng_state(state[2])
         self.tokenizer = self.llm.get_tokenizer()
+        from rlvr.chat import stop_token_ids
+
+        # every end-of-turn id of the model, named explicitly (not left to vLLM's reading of generation_config)
+        self.stop_ids = stop_token_ids(model_path)
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling, n: int = 1) -> list[Rollout]:
         from vllm import SamplingParams
@@ -76,6 +83,7 @@ class VLLMEngine:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=derive_seed(sampling.seed, i),
+                stop_token_ids=self.stop_ids,
                 logprobs=0,  # the sampled token's own logprob
                 skip_special_tokens=True,
             )

@@ -28,7 +28,8 @@ SIZES = {
 
 def build(size: str, out: Path) -> int:
     from rlvr.config import TinyModelConfig
-    from rlvr.models import build_tiny_model, num_params, train_word_tokenizer
+    from rlvr.chat import train_word_tokenizer
+    from rlvr.models import build_tiny_model, num_params
     from rlvr.tasks import kinds_vocabulary
 
     tok = train_word_tokenizer([" ".join(kinds_vocabulary())])

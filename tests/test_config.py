@@ -46,6 +46,10 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path):
         (["--algo.dynamic_sampling", "true", "--rollout.samples_per_prompt", "1"], "algo.dynamic_sampling needs rollout.samples_per_prompt >= 2, got 1"),
         (["--algo.overlong_buffer", "8"], "algo.overlong_buffer (8) must be below rollout.max_new_tokens (8)"),
         (["--algo.loss_agg", "mean"], "algo.loss_agg must be one of token, sequence, constant, got 'mean'"),
+        (["--rollout.top_p", "0.9"], "rollout.top_p must be 1.0, got 0.9: the learner's ratios and KL are of the untruncated "
+                                     "distribution, so top-p sampling would train on the wrong one"),
+        (["--rollout.temperature", "0"], "rollout.temperature must be > 0 (training samples from the policy; greedy decoding has no ratio), got 0.0"),
+        (["--model.tiny.tokenizer", "gpt2"], "model.tiny.tokenizer must be one of word, chatml, llama3, got 'gpt2'"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, message):

@@ -144,3 +144,69 @@ def test_adversarial_rows_fail_closed_in_time():
     import os
 
     assert not os.path.exists("/tmp/rlvr_pwned")
+
+
+# ------------------------------------------------------------------------------------ Tulu 3's form (allenai/RLVR-IFeval)
+NULLS = dict.fromkeys(["N", "quantifier", "end_phrase", "keyword_list", "word", "forbidden_words", "letter", "i",
+                       "first_word", "postscript_marker", "options", "section_splitter", "original_prompt"])
+
+
+def tulu3(func_name, **args):
+    """A ground truth as RLVR-IFeval stores it: every argument key present, unused ones null."""
+    return json.dumps({"func_name": func_name, **NULLS, **args})
+
+
+# (func_name, arguments, a response that passes open-instruct's check, one that does not)
+TULU3_TABLE = [
+    ("verify_keywords", {"keyword_list": ["apple", "Pie"]}, "an APPLE pie", "an apple tart"),
+    ("verify_keyword_frequency", {"word": "cat", "N": 2}, "Cat, cat!", "cat cat cat"),  # exactly N whole words
+    ("validate_forbidden_words", {"forbidden_words": ["bad"]}, "all good", "a badge"),  # substrings count
+    ("verify_letter_frequency", {"letter": "z", "N": 2}, "zZz", "zz z"),  # case-sensitive, exact
+    ("verify_paragraph_count", {"N": 2}, "one\n* * *\ntwo", "one\n***\ntwo"),  # open-instruct's divider is * * *
+    ("validate_word_constraint", {"N": 10, "quantifier": "around"}, " ".join(["w"] * 11), " ".join(["w"] * 12)),  # +-1 at N=10
+    ("validate_word_constraint", {"N": 3, "quantifier": "at most"}, "a b c", "a b c d"),
+    ("verify_sentence_constraint", {"N": 3, "quantifier": "at least"}, "One. Two! Three?", "One. Two."),
+    ("validate_paragraphs", {"N": 2, "first_word": "Then", "i": 2}, "Start.\n\nThen more.", "Start.\n\nNow more."),
+    ("verify_postscript", {"postscript_marker": "P.S."}, "Hi.\nP.S. bye", "Hi. P.S."),  # text must follow the marker
+    ("validate_placeholders", {"N": 2}, "[a] and [b]", "[a]"),
+    ("verify_bullet_points", {"N": 2}, "* a\n- b", "* a\n* b\n* c"),
+    ("validate_title", {}, "<<Poem>> text", "Poem text"),
+    ("validate_choice", {"options": "I know or I don't know"}, "Well, I don't know.", "Maybe."),
+    ("validate_choice", {"options": "('My answer is yes.', 'My answer is no.')"}, "My answer is no.", "No."),
+    ("validate_highlighted_sections", {"N": 2}, "*a* and *b*", "*a* and b"),
+    ("validate_sections", {"N": 2, "section_splitter": "SECTION"}, "Section 1 a Section 2 b", "Section 1 a"),
+    ("validate_json_format", {}, '{"a": 1}', '```json\n{"a": 1}\n```'),  # no fence stripping in open-instruct
+    ("validate_repeat_prompt", {"original_prompt": "Say hi."}, "Say hi. Hi!", "say hi. Hi!"),
+    ("validate_two_responses", {}, "one******two", "one******one"),
+    ("validate_uppercase", {}, "HELLO 1", "Hello"),
+    ("validate_lowercase", {}, "hello 1", "Hello"),
+    ("validate_frequency_capital_words", {"N": 2, "quantifier": "at least"}, "THE BIG dog", "THE dog"),
+    ("validate_end", {"end_phrase": "That's all."}, "Done. That's all.", "Done. That's all. "),  # no strip
+    ("validate_quotation", {}, '"quoted"', ' "quoted"'),
+    ("validate_no_commas", {}, "no commas here", "a, b"),
+]
+
+
+@pytest.mark.parametrize("func_name, args, good, bad", TULU3_TABLE, ids=[f"{r[0]}-{i}" for i, r in enumerate(TULU3_TABLE)])
+def test_tulu3_checks_as_open_instruct_wrote_them(func_name, args, good, bad):
+    truth = tulu3(func_name, **args)
+    assert ifeval(good, truth).score == 1.0 and ifeval(good, truth).info["followed"] == [[f"tulu3:{func_name}", True]]
+    assert ifeval(bad, truth).score == 0.0 and ifeval(bad, truth).status == "wrong"
+
+
+def test_every_tulu3_check_is_tested():
+    from rlvr.verifiers.tulu3_if import CHECKS
+
+    assert {r[0] for r in TULU3_TABLE} | {"validate_response_language"} == set(CHECKS)
+
+
+@pytest.mark.parametrize("truth, error", [
+    (tulu3("validate_end"), "validate_end: missing argument 'end_phrase'"),
+    (tulu3("validate_lowercase", N=3), "validate_lowercase: unexpected argument 'N'"),
+    (tulu3("validate_word_constraint", N=3, quantifier="exactly"), "argument 'quantifier' must be one of at least, at most, around"),
+    (tulu3("verify_letter_frequency", letter="ab", N=1), "argument 'letter' must be a single character"),
+    (tulu3("no_such_check"), "unknown func_name 'no_such_check'"),
+])
+def test_bad_tulu3_ground_truth_is_rejected_at_load(truth, error):
+    with pytest.raises(IFEvalError, match=error):
+        parse_ground_truth(truth)

@@ -14,7 +14,8 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"; os.environ["TORCHDYNAMO_DISA
 import torch
 from rlvr.config import PPOConfig, TinyModelConfig
 from rlvr.learner import PPOLearner, make_batch
-from rlvr.models import build_tiny_model, load_policy, train_word_tokenizer
+from rlvr.chat import train_word_tokenizer
+from rlvr.models import build_tiny_model, load_policy
 from rlvr.rollouts import Sampling, make_engine
 from rlvr.tasks import kinds_vocabulary
 out = sys.argv[1]

@@ -13,8 +13,8 @@ from rlvr.rollouts import Sampling, derive_seed
 from rlvr.tasks import TOPICS
 
 
-def learner_logprobs(model, rollouts):
-    learner = PPOLearner(model, None, None, PPOConfig(micro_batch_size=16), total_steps=1, pad_id=0)
+def learner_logprobs(model, rollouts, temperature=1.0):
+    learner = PPOLearner(model, None, None, PPOConfig(micro_batch_size=16), total_steps=1, pad_id=0, temperature=temperature)
     batch = make_batch(rollouts, pad_id=0)
     return learner.logprobs(model, batch), batch.mask
 
@@ -155,3 +155,21 @@ def test_seeds_draw_independent_rollouts(vllm_engine, tiny_model_dir):
     raw = lambda s: vllm_engine.llm.generate([{"prompt_token_ids": ids[0]}], SamplingParams(n=2, max_tokens=8, seed=s), use_tqdm=False)  # noqa: E731
     s0, s1 = raw(100)[0].outputs, raw(101)[0].outputs
     assert {tuple(o.token_ids) for o in s0} & {tuple(o.token_ids) for o in s1}
+
+
+@pytest.mark.parametrize("engine_kind", ["vllm", "hf"])
+def test_sampler_logprobs_are_of_the_distribution_sampled_from(engine_kind, vllm_engine, tiny_model_dir):
+    """At temperature 0.7 the engine reports log softmax(logits / 0.7) of each sampled token, and the
+    learner divides its logits by the same temperature: they agree. A learner that ignores the
+    temperature does not (the check that `rollout/sampler_logprob_diff` makes every step)."""
+    from rlvr.rollouts import make_engine
+
+    engine = vllm_engine if engine_kind == "vllm" else make_engine("hf", str(tiny_model_dir))
+    tok = load_tokenizer(str(tiny_model_dir))
+    rollouts = engine.generate(prompts(tok, 8) + prompts(tok, 8, words=3), Sampling(max_new_tokens=12, temperature=0.7, seed=4), n=2)
+    policy = load_policy(tiny_model_dir)
+    tempered, mask = learner_logprobs(policy, rollouts, temperature=0.7)
+    raw, _ = learner_logprobs(policy, rollouts, temperature=1.0)
+    got = sampler_logprobs(rollouts, mask)
+    assert ((got - tempered).abs() * mask).max().item() <= LOGPROB_ATOL
+    assert ((got - raw).abs() * mask).max().item() > 1e-2

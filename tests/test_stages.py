@@ -14,7 +14,7 @@ import yaml
 
 from conftest import DATA, REPO
 from rlvr.stages.dpo import dpo_loss, sequence_logps
-from rlvr.stages.lm import IGNORE, sft_tokenize
+from rlvr.chat import IGNORE, sft_example
 
 TINY = {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512}}
 
@@ -42,7 +42,7 @@ def test_dpo_loss_both_variants_by_hand():
 
 
 def test_sft_masks_every_non_assistant_token():
-    from rlvr.models import train_word_tokenizer
+    from rlvr.chat import train_word_tokenizer
 
     tok = train_word_tokenizer(["system user assistant : write only digits apple river stone cloud 1 2 3 4 5"])
     messages = [
@@ -52,7 +52,7 @@ def test_sft_masks_every_non_assistant_token():
         {"role": "user", "content": "stone cloud"},
         {"role": "assistant", "content": "4 5"},
     ]
-    ids, labels = sft_tokenize(tok, messages)
+    ids, labels = sft_example(tok, messages, [tok.eos_token_id])
     assert len(ids) == len(labels)
     # the template renders "role : content " per message; targets are exactly the two answers and the final EOS
     targeted = [t for t, lab in zip(ids, labels) if lab != IGNORE]

@@ -10,6 +10,7 @@ from rlvr.verifiers.base import STATUSES, VerifierResult
 from rlvr.verifiers.registry import (
     UnknownVerifierError,
     available_verifiers,
+    canonical_name,
     get_verifier,
     load_verifier_file,
     register_verifier,
@@ -27,6 +28,7 @@ __all__ = [
     "VerifierPool",
     "VerifierResult",
     "available_verifiers",
+    "canonical_name",
     "get_verifier",
     "load_verifier_file",
     "register_verifier",

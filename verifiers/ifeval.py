@@ -7,6 +7,10 @@ dict carries every key):
     {"instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
      "kwargs": [{}, {"num_words": 300, "relation": "at least"}]}
 
+Tulu 3's form is read too: allenai/RLVR-IFeval's `{"func_name": "validate_word_constraint",
+"N": 36, "quantifier": "at least", ...}` is checked by open-instruct's own function
+(rlvr.verifiers.tulu3_if), as Tulu 3 was rewarded, reported as instruction `tulu3:<func_name>`.
+
 Score: the fraction of instructions followed; `info["followed"]` lists each id with its verdict.
 `ifeval` is strict; `ifeval_loose` also accepts the response with its first and/or last line
 removed and/or with `*` removed (IFEval's "loose" accuracy).
@@ -36,6 +40,8 @@ from typing import Any, Callable
 
 from rlvr.verifiers.base import VerifierResult
 from rlvr.verifiers.registry import register_verifier
+from rlvr.verifiers.tulu3_if import CHECKS as TULU3_CHECKS
+from rlvr.verifiers.tulu3_if import parse_tulu3
 
 RELATIONS = ("less than", "at least")
 
@@ -324,7 +330,10 @@ def parse_ground_truth(ground_truth: Any) -> list[tuple[str, dict[str, Any]]]:
         except json.JSONDecodeError as e:
             raise IFEvalError(f"ground truth is not valid JSON ({e.msg})") from None
     if not isinstance(gt, dict):
-        raise IFEvalError("ground truth must be an object with 'instruction_id_list' and 'kwargs'")
+        raise IFEvalError("ground truth must be an object with 'instruction_id_list' and 'kwargs' (or Tulu 3's 'func_name')")
+    if "func_name" in gt:
+        name, args = parse_tulu3(gt, IFEvalError)
+        return [(f"tulu3:{name}", args)]
     ids, kwargs_list = gt.get("instruction_id_list"), gt.get("kwargs")
     if not isinstance(ids, list) or not ids:
         raise IFEvalError("ground truth needs a non-empty 'instruction_id_list'")
@@ -366,7 +375,7 @@ def check_ifeval(completion: str, ground_truth: Any, loose: bool = False) -> Ver
     candidates = _loose_variants(completion) if loose else [completion]
     followed = []
     for iid, kw in instructions:
-        fn = INSTRUCTIONS[iid][0]
+        fn = TULU3_CHECKS[iid.removeprefix("tulu3:")][0] if iid.startswith("tulu3:") else INSTRUCTIONS[iid][0]
         followed.append(any(r.strip() and fn(r, **kw) for r in candidates))
     score = sum(followed) / len(followed)
     verdicts = [[iid, ok] for (iid, _), ok in zip(instructions, followed)]

@@ -52,6 +52,18 @@ def available_verifiers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical_name(name: str) -> str:
+    """The registered name `name` refers to: itself, or the one name equal to it but for case
+    (allenai's RLVR datasets say "MATH" for `math`); an UnknownVerifierError otherwise."""
+    _load_entry_points()
+    if name in _REGISTRY:
+        return name
+    same = [n for n in _REGISTRY if n.lower() == name.lower()]
+    if len(same) == 1:
+        return same[0]
+    raise UnknownVerifierError(f"unknown verifier {name!r}; available: {', '.join(available_verifiers())}")
+
+
 def get_verifier(name: str) -> Verifier:
     _load_entry_points()
     try:

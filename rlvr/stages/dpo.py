@@ -6,26 +6,38 @@ completion gives one pair (the first passing, the first failing). The pairs are 
 `<run_dir>/pairs.jsonl`, and the reference (the starting policy) logprobs are computed once and
 cached in `<run_dir>/ref_logprobs.pt`, so a resumed run trains on exactly the same data.
 
-File pairs: JSONL rows with `prompt` (str) or `messages` (chat list without the answer), and
-`chosen` / `rejected` (str, or chat lists whose last message is the assistant's answer).
+On-policy pairs take `chosen` only from a sample the verifier scored `ok` with a passing score and
+`rejected` only from one it scored `wrong`: a sample whose check timed out, errored or could not
+be parsed says nothing about the answer and is never a "rejected" answer. The counts of each
+status are logged (`pairs/status_<status>`).
+
+File pairs, in the forms preference data comes in: `prompt` a string or a message list (or
+`messages`, the chat before the answer), and `chosen` / `rejected` each a string (the answer),
+a message list ending with the assistant's answer (the whole conversation, as in
+UltraFeedback, or just the answer), or with no `prompt` two conversations that differ only in
+their last message. The prompt is rendered with the model's chat template, the conversation
+is kept whole, and each answer ends with the template's own end of turn.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
 from rlvr import checkpoint as ckpt
+from rlvr.chat import ChatFormatError, answer_example, check_messages, stop_token_ids
 from rlvr.config import StageConfig, to_yaml
 from rlvr.learner import make_batch, response_logits
 from rlvr.models import load_policy, load_tokenizer, num_params
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
-from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, render_chat, restore, stage_rows
+from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, restore, stage_rows
+from rlvr.verifiers import STATUSES, VerifierResult
 
 
 def dpo_loss(
@@ -66,44 +78,96 @@ def sequence_logprobs(model, rollouts: list[Rollout], pad_id: int, normalize: bo
 # ------------------------------------------------------------------------------------ pairs
 
 
-def _prompt_ids(tokenizer, row: dict) -> list[int]:
-    if "messages" in row:
-        return render_chat(tokenizer, row["messages"], add_generation_prompt=True)
-    return tokenizer(row["prompt"])["input_ids"]
+def _messages(value, where: str, key: str) -> list[dict]:
+    try:
+        return check_messages(value, f"{where}: '{key}'")
+    except ChatFormatError as e:
+        raise StageError(str(e)) from None
 
 
-def _answer_ids(tokenizer, answer) -> list[int]:
-    text = answer[-1]["content"] if isinstance(answer, list) else answer
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+def pair_conversations(row: dict, where: str) -> tuple[list[dict], list[dict]]:
+    """The chosen and rejected conversations of a preference row, each ending with the assistant's answer."""
+    for key in ("chosen", "rejected"):
+        if not isinstance(row.get(key), (str, list)) or not row[key]:
+            raise StageError(f"{where}: needs '{key}' (a string or a list of messages)")
+    prompt = row.get("messages", row.get("prompt"))
+    if prompt is None:
+        if not (isinstance(row["chosen"], list) and isinstance(row["rejected"], list)):
+            raise StageError(f"{where}: needs 'prompt' (a string or a list of messages) or 'messages'")
+        prompt = _messages(row["chosen"], where, "chosen")[:-1]
+        if not prompt:
+            raise StageError(f"{where}: without 'prompt', 'chosen' must hold the conversation before the answer")
+    elif isinstance(prompt, str):
+        if not prompt:
+            raise StageError(f"{where}: 'prompt' is empty")
+        prompt = [{"role": "user", "content": prompt}]
+    else:
+        prompt = _messages(prompt, where, "prompt")
+    out = []
+    for key in ("chosen", "rejected"):
+        answer = row[key]
+        if isinstance(answer, str):
+            conv = prompt + [{"role": "assistant", "content": answer}]
+        else:
+            msgs = _messages(answer, where, key)
+            if msgs[-1]["role"] != "assistant":
+                raise StageError(f"{where}: '{key}' must end with the assistant's answer")
+            if len(msgs) == 1:
+                conv = prompt + msgs
+            elif msgs[:-1] == prompt:
+                conv = msgs
+            else:
+                raise StageError(f"{where}: '{key}' continues a different conversation than the prompt")
+        out.append(conv)
+    return out[0], out[1]
 
 
-def pairs_from_file(source: str, tokenizer) -> list[dict]:
-    rows = stage_rows(source)
+def encode_pair(tokenizer, chosen: list[dict], rejected: list[dict], stop: list[int], where: str) -> dict:
+    """Token ids of a pair: the shared prompt (chat template, generation prompt) and each answer,
+    ending with its end-of-turn token. Without a chat template: plain text and an EOS."""
+    if not getattr(tokenizer, "chat_template", None):
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        text = "\n".join(m["content"] for m in chosen[:-1])
+        answer = lambda conv: tokenizer(conv[-1]["content"], add_special_tokens=False)["input_ids"] + eos  # noqa: E731
+        return {"prompt_ids": tokenizer(text)["input_ids"], "chosen_ids": answer(chosen), "rejected_ids": answer(rejected)}
+    try:
+        prompt, chosen_ids = answer_example(tokenizer, chosen, stop)
+        prompt_r, rejected_ids = answer_example(tokenizer, rejected, stop)
+    except ChatFormatError as e:
+        raise StageError(f"{where}: {e}") from None
+    if prompt != prompt_r:
+        raise StageError(f"{where}: 'chosen' and 'rejected' answer different prompts")
+    if not chosen_ids or not rejected_ids:
+        raise StageError(f"{where}: an answer encodes to no tokens")
+    return {"prompt_ids": prompt, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+
+
+def pairs_from_file(source: str, tokenizer, stop: list[int]) -> list[dict]:
     pairs = []
-    for i, row in enumerate(rows):
-        if not (isinstance(row.get("prompt"), str) or isinstance(row.get("messages"), list)):
-            raise StageError(f"{source} row {i}: needs 'prompt' (str) or 'messages' (list)")
-        for key in ("chosen", "rejected"):
-            if not isinstance(row.get(key), (str, list)) or not row[key]:
-                raise StageError(f"{source} row {i}: needs '{key}' (a string or a chat list)")
-        prompt = row.get("messages") or row["prompt"]
-        prompt_row = {"messages": prompt} if isinstance(prompt, list) else {"prompt": prompt}
-        pairs.append({
-            "prompt_ids": _prompt_ids(tokenizer, prompt_row),
-            "chosen_ids": _answer_ids(tokenizer, row["chosen"]),
-            "rejected_ids": _answer_ids(tokenizer, row["rejected"]),
-        })
+    for i, row in enumerate(stage_rows(source)):
+        where = f"{source} row {i}"
+        chosen, rejected = pair_conversations(row, where)
+        pairs.append(encode_pair(tokenizer, chosen, rejected, stop, where))
     return pairs
 
 
+def choose_pair(group: list[tuple[Rollout, VerifierResult]], threshold: float) -> tuple[Rollout, Rollout] | None:
+    """(chosen, rejected) of one prompt's samples: the first scored `ok` and passing, the first
+    scored `wrong`; None unless both exist."""
+    good = next((r for r, v in group if v.status == "ok" and v.score >= threshold), None)
+    bad = next((r for r, v in group if v.status == "wrong"), None)
+    return (good, bad) if good is not None and bad is not None else None
+
+
 def pairs_on_policy(cfg: StageConfig, model_path: str, tokenizer) -> tuple[list[dict], dict[str, float]]:
-    """Sample, verify, pair a passing with a failing completion per prompt."""
+    """Sample, verify, pair a passing with a wrong completion per prompt."""
     from rlvr.data import encode_prompts, load_rows, normalize_rows
     from rlvr.tasks import make_task
-    from rlvr.verifiers import VerifierPool
+    from rlvr.verifiers import VerifierPool, load_verifier_file
 
     d, o = cfg.data, cfg.dpo
+    for path in cfg.verifier_files:
+        load_verifier_file(path)
     if d.task:
         rows, _ = make_task(d.task, o.num_prompts, 0, seed=cfg.seed)
         rows = [{**r, "messages": [m for m in r["messages"] if m["role"] != "assistant"]} for r in rows]
@@ -117,16 +181,21 @@ def pairs_on_policy(cfg: StageConfig, model_path: str, tokenizer) -> tuple[list[
     finally:
         engine.close()
     n = o.samples_per_prompt
-    with VerifierPool(cfg.verify.workers, cfg.verify.timeout_s, max_memory_mb=cfg.verify.max_memory_mb) as pool:
-        scores = pool.score([r.text for r in rollouts], [row for row in rows for _ in range(n)]).scores
+    v = cfg.verify
+    with VerifierPool(v.workers, v.timeout_s, cfg.verifier_files, v.max_memory_mb) as pool:
+        results = pool.score([r.text for r in rollouts], [row for row in rows for _ in range(n)]).results
     pairs = []
     for i, ids in enumerate(prompt_ids):
-        group = list(zip(rollouts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n]))
-        good = next((r for r, s in group if s >= 1.0), None)
-        bad = next((r for r, s in group if s < 1.0), None)
-        if good is not None and bad is not None:
-            pairs.append({"prompt_ids": ids, "chosen_ids": good.completion_ids, "rejected_ids": bad.completion_ids})
-    stats = {"pairs/prompts": len(prompt_ids), "pairs/made": len(pairs), "pairs/sample_pass_rate": sum(s >= 1.0 for s in scores) / len(scores)}
+        pair = choose_pair(list(zip(rollouts[i * n : (i + 1) * n], results[i * n : (i + 1) * n])), o.pass_threshold)
+        if pair is not None:
+            pairs.append({"prompt_ids": ids, "chosen_ids": pair[0].completion_ids, "rejected_ids": pair[1].completion_ids})
+    statuses = Counter(r.status for r in results)
+    stats = {
+        "pairs/prompts": len(prompt_ids),
+        "pairs/made": len(pairs),
+        "pairs/sample_pass_rate": sum(r.status == "ok" and r.score >= o.pass_threshold for r in results) / len(results),
+        **{f"pairs/status_{s}": statuses.get(s, 0) for s in STATUSES},
+    }
     return pairs, stats
 
 
@@ -153,7 +222,7 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
         if cfg.dpo.pairs_from == "file":
             if not cfg.data.train:
                 raise StageError("dpo.pairs_from=file needs data.train: a JSONL of prompt/chosen/rejected rows")
-            pairs = pairs_from_file(cfg.data.train, tokenizer)
+            pairs = pairs_from_file(cfg.data.train, tokenizer, stop_token_ids(start_path, tokenizer))
         else:
             pairs, pair_stats = pairs_on_policy(cfg, start_path, tokenizer)
         tmp = pairs_path.with_suffix(".tmp")

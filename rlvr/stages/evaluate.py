@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from rlvr.baselines.bestofn import pass_at_k
+from rlvr.config import VerifyConfig
 from rlvr.data import encode_prompts
 from rlvr.models import load_policy, load_tokenizer
 from rlvr.rollouts import Sampling, make_engine
@@ -24,7 +25,8 @@ def evaluate_checkpoints(
     max_new_tokens: int = 24,
     seed: int = 0,
     engine_kind: str = "vllm",
-    verify_workers: int = 1,
+    verify: VerifyConfig = VerifyConfig(),
+    verifier_files: tuple[str, ...] = (),
     max_prompt_tokens: int = 64,
     pass_threshold: float = 1.0,
 ) -> dict[str, dict[str, float]]:
@@ -36,7 +38,7 @@ def evaluate_checkpoints(
     engine = make_engine(engine_kind, first, max_model_len=max_prompt_tokens + max_new_tokens, seed=seed)
     results: dict[str, dict[str, float]] = {}
     try:
-        with VerifierPool(verify_workers) as pool:
+        with VerifierPool(verify.workers, verify.timeout_s, verifier_files, verify.max_memory_mb) as pool:
             for i, label in enumerate(labels):
                 if i:
                     engine.load_weights(load_policy(checkpoints[label]).state_dict().items())

@@ -1,8 +1,11 @@
-"""Pretraining and SFT: next-token loss over packed (or padded) sequences.
+"""Pretraining and SFT: next-token loss over packed (or one-per-row) examples.
 
-`pretrain`: text -> one token stream (EOS between documents) cut into `seq_len` rows; every
-token is a target. `sft`: chat rows rendered with the tokenizer's chat template; only the
-assistant tokens (and the EOS after them) are targets, every other token is masked (-100).
+`pretrain`: each document and an EOS, cut into pieces of at most `seq_len` tokens, every token
+a target. `sft`: chat rows rendered with the model's own chat template; only the assistant
+turns up to their end-of-turn token (`<|im_end|>`, `<|eot_id|>`, or an EOS the template does
+not write) are targets, every other token is masked (-100). Examples are packed into rows with
+positions that restart per example and block-diagonal attention (`Rows`): no token sees another
+example, and a packed batch has the loss of the same examples one per row.
 
 Both: AdamW with warm-up and cosine (or linear) decay, token-level loss over the whole batch
 (micro-batches accumulate to it exactly), eval loss every N steps, atomic checkpoints,
@@ -13,20 +16,21 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from rlvr import checkpoint as ckpt
+from rlvr.chat import IGNORE, ChatFormatError, check_messages, sft_example, stop_token_ids
 from rlvr.config import StageConfig, to_yaml
 from rlvr.learner import lr_lambda
 from rlvr.models import initial_model, load_policy, load_tokenizer, num_params
 from rlvr.rollouts import derive_seed
 from rlvr.runlog import RunLogger
-
-IGNORE = -100
 
 
 class StageError(ValueError):
@@ -64,63 +68,65 @@ def read_texts(source: str) -> list[str]:
 
 def read_chats(source: str) -> list[list[dict]]:
     """`messages` lists (the usual chat JSONL) ending with an assistant turn."""
-    rows = stage_rows(source)
     out = []
-    for i, row in enumerate(rows):
-        msgs = row.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise StageError(f"{source} row {i}: needs a non-empty 'messages' list")
-        for m in msgs:
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
-                raise StageError(f"{source} row {i}: each message needs a role (system/user/assistant) and a content string")
+    for i, row in enumerate(stage_rows(source)):
+        try:
+            msgs = check_messages(row.get("messages"), f"{source} row {i}: 'messages'")
+        except ChatFormatError as e:
+            raise StageError(str(e)) from None
         if msgs[-1]["role"] != "assistant":
             raise StageError(f"{source} row {i}: the last message must be the assistant's")
-        out.append([{"role": m["role"], "content": m["content"]} for m in msgs])
+        out.append(msgs)
     return out
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+@dataclass
+class Rows:
+    """Training rows: token ids, labels (IGNORE where a token is no target) and position ids, each
+    [N, seq_len]. Positions restart at 0 with every example, and the model is called with them
+    and no attention mask, so attention is block-diagonal: no token attends across an example
+    boundary (transformers builds the mask from the restarts; flash-attention runs varlen)."""
+
+    ids: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor
+    truncated: int = 0  # examples longer than seq_len, cut from the end
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, idx) -> "Rows":
+        return Rows(self.ids[idx], self.labels[idx], self.positions[idx])
 
 
-def sft_tokenize(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(input ids, labels): labels are the ids on assistant tokens, -100 on every other token.
+def make_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int, pack: bool) -> Rows:
+    """(ids, labels) examples into rows of seq_len: one example per row, or (`pack`) each example
+    after the previous one while it fits. An example longer than seq_len is truncated from the
+    end; none is split across rows. The first token of an example is no target (nothing of its
+    own example precedes it), and the padding that ends a row is a segment of its own with no
+    targets, so a packed row's loss is the sum of its examples' losses alone."""
+    ids_rows, label_rows, pos_rows = [], [], []
+    ids, labels, pos = [], [], []
+    truncated = 0
 
-    An assistant turn's tokens are those between the rendering of the turns before it (with the
-    generation prompt) and the rendering up to and including it. When the conversation ends with
-    an assistant turn and the template does not close it with EOS, an EOS is added as a target.
-    """
-    full = render_chat(tokenizer, messages, add_generation_prompt=False)
-    labels = [IGNORE] * len(full)
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+    def close() -> None:
+        pad = seq_len - len(ids)
+        ids_rows.append(ids + [pad_id] * pad)
+        label_rows.append(labels + [IGNORE] * pad)
+        pos_rows.append(pos + list(range(pad)))
+
+    for e_ids, e_labels in examples:
+        if not e_ids:
             continue
-        start = len(render_chat(tokenizer, messages[:i], add_generation_prompt=True))
-        upto = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if full[: len(upto)] != upto or start > len(upto):
-            raise StageError("the chat template does not render earlier turns as a prefix of later ones; cannot mask prompts")
-        labels[start : len(upto)] = full[start : len(upto)]
-    eos = tokenizer.eos_token_id
-    if messages and messages[-1]["role"] == "assistant" and eos is not None and (not full or full[-1] != eos):
-        full, labels = full + [eos], labels + [eos]
-    return full, labels
-
-
-def pack(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate (ids, labels) pairs and cut into rows of seq_len (the tail is padded, not dropped)."""
-    ids = [t for e in examples for t in e[0]]
-    labels = [t for e in examples for t in e[1]]
-    n = max(1, -(-len(ids) // seq_len))
-    ids += [pad_id] * (n * seq_len - len(ids))
-    labels += [IGNORE] * (n * seq_len - len(labels))
-    return torch.tensor(ids).view(n, seq_len), torch.tensor(labels).view(n, seq_len)
-
-
-def pad_rows(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = [e[0][:seq_len] + [pad_id] * (seq_len - len(e[0][:seq_len])) for e in examples]
-    labels = [e[1][:seq_len] + [IGNORE] * (seq_len - len(e[1][:seq_len])) for e in examples]
-    return torch.tensor(ids), torch.tensor(labels)
+        if len(e_ids) > seq_len:
+            e_ids, e_labels, truncated = e_ids[:seq_len], e_labels[:seq_len], truncated + 1
+        if ids and (not pack or len(ids) + len(e_ids) > seq_len):
+            close()
+            ids, labels, pos = [], [], []
+        ids, labels, pos = ids + e_ids, labels + [IGNORE] + e_labels[1:], pos + list(range(len(e_ids)))
+    if ids or not ids_rows:
+        close()
+    return Rows(torch.tensor(ids_rows), torch.tensor(label_rows), torch.tensor(pos_rows), truncated)
 
 
 def stage_texts(cfg: StageConfig, mode: str) -> tuple[list, list, list[str]]:
@@ -135,49 +141,59 @@ def stage_texts(cfg: StageConfig, mode: str) -> tuple[list, list, list[str]]:
     vocab = [" ".join(world_vocabulary())] if d.task else []
     if mode == "pretrain":
         if d.task:
-            return world_corpus(d.num_train, seed=cfg.seed), world_corpus(d.num_eval, seed=cfg.seed + 10_000), vocab
+            corpus = world_corpus(d.num_train, seed=cfg.seed)
+            return corpus, world_corpus(d.num_eval, seed=cfg.seed + 10_000), vocab + corpus[:5000]
         train = read_texts(d.train)
         heldout = read_texts(d.eval) if d.eval else []
         return train, heldout, vocab + train[:20000]
     if d.task:
         tr, ev = make_task(d.task, d.num_train, d.num_eval, seed=cfg.seed)
-        return [r["messages"] for r in tr], [r["messages"] for r in ev], vocab
+        chats = [r["messages"] for r in tr]
+        return chats, [r["messages"] for r in ev], vocab + [m["content"] for c in chats[:5000] for m in c]
     train = read_chats(d.train)
     heldout = read_chats(d.eval) if d.eval else []
     return train, heldout, vocab + [m["content"] for c in train[:20000] for m in c]
 
 
-def encode(cfg: StageConfig, mode: str, items: list, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    pad = tokenizer.pad_token_id
+def encode(cfg: StageConfig, mode: str, items: list, tokenizer, model_path: str) -> Rows:
+    """Pretraining: each document and an EOS, cut into pieces of at most seq_len (every token a
+    target), packed. SFT: each chat through the model's own template, only the assistant turns
+    as targets, packed when `data.packing`."""
+    seq_len = cfg.data.seq_len
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if mode == "pretrain":
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        examples = []
+        pieces = []
         for text in items:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
-            examples.append((ids, ids))
-        return pack(examples, cfg.data.seq_len, pad)
-    examples = [sft_tokenize(tokenizer, msgs) for msgs in items]
-    return (pack if cfg.data.packing else pad_rows)(examples, cfg.data.seq_len, pad)
+            pieces += [(ids[s : s + seq_len], ids[s : s + seq_len]) for s in range(0, len(ids), seq_len)]
+        return make_rows(pieces, seq_len, pad, pack=True)
+    stop = stop_token_ids(model_path, tokenizer)
+    try:
+        examples = [sft_example(tokenizer, msgs, stop) for msgs in items]
+    except ChatFormatError as e:
+        raise StageError(str(e)) from None
+    return make_rows(examples, seq_len, pad, pack=cfg.data.packing)
 
 
 # ------------------------------------------------------------------------------------ model
 
 
-def lm_loss(model, ids: torch.Tensor, labels: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over target tokens, and the number of targets."""
-    attn = (ids != pad_id) | (labels != IGNORE)
-    logits = model(input_ids=ids, attention_mask=attn.long()).logits[:, :-1].float()
-    targets = labels[:, 1:]
+def lm_loss(model, rows: Rows) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over target tokens, and the number of targets. No attention
+    mask: with positions that restart per example, attention stays within each example."""
+    logits = model(input_ids=rows.ids, position_ids=rows.positions, use_cache=False).logits[:, :-1].float()
+    targets = rows.labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
 
 @torch.no_grad()
-def eval_loss(model, ids: torch.Tensor, labels: torch.Tensor, pad_id: int, micro: int) -> float:
+def eval_loss(model, rows: Rows, micro: int) -> float:
     model.eval()
     total, n = 0.0, 0
-    for s in range(0, len(ids), micro):
-        loss, k = lm_loss(model, ids[s : s + micro], labels[s : s + micro], pad_id)
+    for s in range(0, len(rows), micro):
+        loss, k = lm_loss(model, rows.select(slice(s, s + micro)))
         total, n = total + loss.item(), n + k
     model.train()
     return total / max(n, 1)
@@ -237,22 +253,25 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, cfg.model.dtype)
     model.train()
-    train_ids, train_labels = encode(cfg, mode, train_items, tokenizer)
-    eval_ids, eval_labels = encode(cfg, mode, eval_items, tokenizer) if eval_items else (None, None)
+    train_rows = encode(cfg, mode, train_items, tokenizer, init)
+    eval_rows = encode(cfg, mode, eval_items, tokenizer, init) if eval_items else None
 
     o = cfg.optim
     opt, sched = make_optimizer(model, o, o.steps)
     step, history = restore(last, opt, sched, {"first_eval_loss": None, "last_eval_loss": None, "wall_s": 0.0})
     log = RunLogger(run_dir, resume_step=step)
-    pad = tokenizer.pad_token_id
     t_run = time.perf_counter() - history["wall_s"]
     if step == 0:
         log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
-        first = {"model/params": num_params(model), "data/train_rows": len(train_ids)}
-        if eval_ids is not None:
-            history["first_eval_loss"] = history["last_eval_loss"] = eval_loss(model, eval_ids, eval_labels, pad, o.micro_batch_size)
+        first = {"model/params": num_params(model), "data/train_rows": len(train_rows), "data/truncated": train_rows.truncated}
+        first["data/fill"] = float((train_rows.labels != IGNORE).float().mean())  # share of row positions that are targets
+        if eval_rows is not None:
+            history["first_eval_loss"] = history["last_eval_loss"] = eval_loss(model, eval_rows, o.micro_batch_size)
             first["loss/eval"] = history["first_eval_loss"]
         log.scalars(0, first)
+        if train_rows.truncated:
+            print(f"[{cfg.name}] {train_rows.truncated} {'documents' if mode == 'pretrain' else 'examples'} longer than "
+                  f"data.seq_len={cfg.data.seq_len} were truncated", file=sys.stderr)
 
     from tqdm.auto import tqdm
 
@@ -260,13 +279,12 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
     try:
         for step in bar:
             t = time.perf_counter()
-            idx = batch_indices(len(train_ids), o.batch_size, step, cfg.seed)
-            n_targets = int((train_labels[idx][:, 1:] != IGNORE).sum())
+            idx = batch_indices(len(train_rows), o.batch_size, step, cfg.seed)
+            n_targets = int((train_rows.labels[idx][:, 1:] != IGNORE).sum())
             opt.zero_grad(set_to_none=True)
             total = 0.0
             for s in range(0, len(idx), o.micro_batch_size):
-                mb = idx[s : s + o.micro_batch_size]
-                loss, _ = lm_loss(model, train_ids[mb], train_labels[mb], pad)
+                loss, _ = lm_loss(model, train_rows.select(idx[s : s + o.micro_batch_size]))
                 (loss / max(n_targets, 1)).backward()
                 total += loss.item()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
@@ -276,8 +294,8 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
             m = {"loss/train": total / max(n_targets, 1), "optim/grad_norm": gn.item(), "optim/lr": sched.get_last_lr()[0]}
             m["time/step_s"] = time.perf_counter() - t
             m["data/tokens_per_s"] = n_targets / m["time/step_s"]
-            if eval_ids is not None and (done % cfg.train.eval_every == 0 or done == o.steps):
-                history["last_eval_loss"] = m["loss/eval"] = eval_loss(model, eval_ids, eval_labels, pad, o.micro_batch_size)
+            if eval_rows is not None and (done % cfg.train.eval_every == 0 or done == o.steps):
+                history["last_eval_loss"] = m["loss/eval"] = eval_loss(model, eval_rows, o.micro_batch_size)
             history["wall_s"] = time.perf_counter() - t_run
             if done % cfg.train.log_every == 0 or done == o.steps or "loss/eval" in m:
                 log.scalars(done, m)

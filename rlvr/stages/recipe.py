@@ -74,10 +74,13 @@ def run_recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     from rlvr.data import normalize_rows
     from rlvr.stages.evaluate import evaluate_checkpoints, plot_stages
     from rlvr.tasks import make_task
+    from rlvr.verifiers import load_verifier_file
 
     rl0: object = next(c for k, c in configs.items() if k.startswith("rlvr"))
     if not rl0.data.task:
         raise RecipeError("the recipe evaluates on rlvr.data.task's held-out split; set rlvr.data.task")
+    for path in rl0.verifier_files:
+        load_verifier_file(path)
     _, heldout = make_task(rl0.data.task, 1, cfg.eval.num_prompts, seed=0)
     rows = normalize_rows(heldout, "held-out")
     checkpoints = {label: str(c.run_dir / "final") for label, c in configs.items() if not label.startswith("rlvr")}
@@ -88,7 +91,7 @@ def run_recipe(cfg: RecipeConfig, progress: bool = True) -> dict:
     print("[recipe] evaluating every stage on the held-out split", file=sys.stderr, flush=True)
     per_model = evaluate_checkpoints(
         checkpoints, rows, k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens, seed=0,
-        max_prompt_tokens=rl0.data.max_prompt_tokens,
+        verify=rl0.verify, verifier_files=rl0.verifier_files, max_prompt_tokens=rl0.data.max_prompt_tokens,
     )
     timings["eval"] = round(time.perf_counter() - t, 1)
     seeds = {label: m for label, m in per_model.items() if label.startswith("rlvr")}
