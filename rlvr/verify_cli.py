@@ -52,6 +52,13 @@ def run(args) -> int:
         load_verifier_file(f)
     if args.verifier:
         get_verifier(args.verifier)  # UnknownVerifierError -> exit 2 in the caller
+    # the workers start now: they import their verifiers while the input is read and the fast
+    # checks run here; a row reaches them only when only they can decide it
+    with VerifierPool(args.workers, args.timeout_s, args.verifier_file or ()) as pool:
+        return _verify(args, pool)
+
+
+def _verify(args, pool: VerifierPool) -> int:
     rows = read_rows(args.input, args.verifier)
     names = [args.verifier or r["verifier"] for r in rows]
 
@@ -73,17 +80,16 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    with VerifierPool(args.workers, args.timeout_s, args.verifier_file or ()) as pool:
-        with tqdm(total=len(todo), unit="row", desc="verify", disable=len(todo) < CHUNK, file=sys.stderr) as bar:
-            for start in range(0, len(todo), CHUNK):
-                idx = todo[start : start + CHUNK]
-                batch = pool.score(
-                    [rows[i]["completion"] for i in idx],
-                    [{"ground_truth": rows[i]["ground_truth"], "verifier": names[i]} for i in idx],
-                )
-                for i, r in zip(idx, batch.results):
-                    results[i] = r
-                bar.update(len(idx))
+    with tqdm(total=len(todo), unit="row", desc="verify", disable=len(todo) < CHUNK, file=sys.stderr) as bar:
+        for start in range(0, len(todo), CHUNK):
+            idx = todo[start : start + CHUNK]
+            batch = pool.score(
+                [rows[i]["completion"] for i in idx],
+                [{"ground_truth": rows[i]["ground_truth"], "verifier": names[i]} for i in idx],
+            )
+            for i, r in zip(idx, batch.results):
+                results[i] = r
+            bar.update(len(idx))
 
     out = open(args.output, "w") if args.output else sys.stdout
     try:

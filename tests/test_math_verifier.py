@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import DATA
+from conftest import DATA, REPO
 from rlvr.verifiers import VerifierPool, get_verifier
 from rlvr.verifiers.math_answers import extract_answer, normalize, parse_number
 
@@ -82,8 +82,36 @@ math_v = get_verifier("math")
         ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", 1),
         ("so the answer is 12.", "12", 1),
         ("work...\n#### 15", "15", 1),
-        ("I think it is 3 or maybe 4", "4", 1),
+        ("I think it is 3 or maybe 4", "4", 0),  # a hedge between two values is no answer
         ("I think it is 3 or maybe 4", "3", 0),
+        # where the answer is: the last statement wins; alternatives vs guesses; checks and corrections
+        (r"\boxed{64}" "\n\nActually the question asks for the cube root, so the answer is 4.", "4", 1),
+        (r"x = \boxed{3} or x = \boxed{-3}", r"\pm 3", 1),
+        (r"\boxed{4} \boxed{5} \boxed{6}", "5", 0),
+        ("So $x = 6$.\n\nCheck: $2(6) + 7 = 19$.", "6", 1),
+        ("So the answer is 2/3... no wait, I mixed up the colours. It is 1/3.", r"\frac{2}{3}", 0),
+        (r"The side length is \sqrt{3}.", r"\sqrt{3}", 1),
+        ("Therefore, there are 24 ways to arrange the letters.", "24", 1),
+        # solution sets, intervals, inequalities
+        (r"$x = \pm 4$", "-4, 4", 1),
+        (r"\boxed{1 \pm \sqrt{7}}", r"1+\sqrt{7}, 1-\sqrt{7}", 1),
+        (r"$x \ge 2$", r"[2,\infty)", 1),
+        (r"$x > 2$", r"[2,\infty)", 0),
+        (r"\boxed{\{-3, 3\}}", "[-3, 3]", 0),
+        (r"$-1 < x \le 4$", "(-1,4]", 1),
+        (r"\boxed{(2,\infty)\cup(-\infty,1)}", r"(-\infty,1)\cup(2,\infty)", 1),
+        # numbers: repeating and rounded decimals, separators, money, units
+        (r"\boxed{0.\overline{3}}", r"\frac{1}{3}", 1),
+        (r"\boxed{0.6667}", r"\frac{2}{3}", 1),
+        (r"\boxed{0.67}", r"\frac{2}{3}", 0),
+        ("There are 1,000,000,000 of them.", "10^{9}", 1),
+        (r"\boxed{40 \text{ km/h}}", "40", 1),
+        (r"\boxed{\frac{1}{3^{41}}}", r"\frac{1}{3^{40}}", 0),  # exact: no float tolerance on tiny values
+        # structures
+        (r"\boxed{(3,-1,2)}", r"\begin{pmatrix} 3 \\ -1 \\ 2 \end{pmatrix}", 1),
+        (r"\boxed{\sqrt{-1}}", "i", 1),
+        ("**Answer: (B)**", r"\text{(B)}", 1),
+        ("So the answer is (B) or (D).", r"\text{(B)}", 0),
         # the ground truth may be a whole solution with a box
         (r"\boxed{6}", r"so we get \boxed{6}.", 1),
     ],
@@ -101,8 +129,9 @@ def test_math_strict_has_no_last_number_fallback():
 
 
 def test_helpers():
-    assert extract_answer(r"a \boxed{\frac{1}{2}} b") == (r"\frac{1}{2}", "boxed")
-    assert extract_answer(r"unclosed \boxed{12", last_number=False) == (None, "none")
+    got = extract_answer(r"a \boxed{\frac{1}{2}} b")
+    assert (got.answer, got.how) == (r"\frac{1}{2}", "boxed")
+    assert extract_answer(r"unclosed \boxed{12", last_number=False).answer is None
     assert normalize(r"\left( 1, \dfrac{1}{2} \right)") == r"(1,\frac{1}{2})"
     assert parse_number("1,234.5") == parse_number("2469/2")
     assert parse_number("12%") * 100 == 12
@@ -122,6 +151,11 @@ ADVERSARIAL = [
     (r"\boxed{__import__('os').system('touch /tmp/rlvr_pwned')}", "5", None),
     ("the answer is __import__('os').system('touch /tmp/rlvr_pwned')", "5", None),
     (r"\boxed{\frac{1}{0}}", "5", None),
+    # at the size the pool's parent process decides without a worker (20,000 characters)
+    ("the answer" + " " * 19_000 + "x", "5", "unparsable"),
+    (r"\boxed{" * 2_800, "5", "unparsable"),
+    ("$1 aa " * 3_000, "5", None),
+    (r"\boxed{" + r"\pm 1" * 300 + "}", "5", None),
 ]
 
 
@@ -194,3 +228,38 @@ def test_gsm8k_reference_and_real_model_solutions(pool):
 )
 def test_gsm8k_table(completion, gold, score):
     assert get_verifier("gsm8k")(completion, gold).score == score
+
+
+# ------------------------------------------------------------------------------------ model output, as it comes
+
+MODEL_OUTPUTS = REPO / "tests" / "data" / "math_model_outputs.jsonl"
+
+
+def test_math_on_rows_shaped_like_real_model_output():
+    """Hand-written completions in the shapes real models give (no box, answers in the last sentence,
+    alternatives vs guesses, \\pm, inequalities, repeating and rounded decimals, units, choices, traps),
+    each with a verdict and a reason. The families are in the file; math-verify's verdicts on the same
+    rows are in `make bench`."""
+    rows = [json.loads(line) for line in MODEL_OUTPUTS.read_text().splitlines()]
+    assert len(rows) >= 300
+    verdicts = [(r, math_v(r["completion"], r["ground_truth"]).score >= 1.0) for r in rows]
+    false_positives = [(r["reason"], r["ground_truth"]) for r, got in verdicts if got and not r["expected"]]
+    misses = [(r["family"], r["reason"], r["ground_truth"]) for r, got in verdicts if got != r["expected"]]
+    assert not false_positives, false_positives
+    assert 1 - len(misses) / len(rows) >= 0.98, misses
+
+
+def test_the_fast_path_agrees_with_the_full_check():
+    """What `fast` decides without sympy (in the pool's parent process) is what the full check says;
+    it decides nearly all of MATH-500's reference solutions."""
+    rows = [json.loads(line) for line in MODEL_OUTPUTS.read_text().splitlines()]
+    math500 = [json.loads(line) for line in (DATA / "math" / "math500_test.jsonl").read_text().splitlines()]
+    pairs = [(r["completion"], r["ground_truth"]) for r in rows] + [(r["solution"], r["answer"]) for r in math500]
+    decided = 0
+    for completion, gold in pairs:
+        quick = math_v.fast(completion, gold)
+        if quick is not None:
+            decided += 1
+            full = math_v(completion, gold)
+            assert (quick.score, quick.status) == (full.score, full.status), (gold, completion[-80:])
+    assert sum(math_v.fast(r["solution"], r["answer"]) is not None for r in math500) >= 0.95 * len(math500)

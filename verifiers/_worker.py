@@ -29,6 +29,12 @@ def worker_main() -> None:
 
     for path in sys.argv[1:]:  # (with -c, argv[0] is "-c")
         load_verifier_file(path)
+    from rlvr.verifiers.registry import available_verifiers, get_verifier
+
+    for name in available_verifiers():  # heavy imports (sympy) now, not in the first call's time limit
+        warm = getattr(get_verifier(name), "warm", None)
+        if warm is not None:
+            warm()
     send_conn.send(READY)
     while True:
         try:

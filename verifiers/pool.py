@@ -7,6 +7,9 @@ worker. A worker that dies mid-call gives status `error`. Time limits are never 
 by `signal.alarm` in a thread (that silently zeroed correct answers elsewhere).
 
 Results come back in input order, so scoring a batch is deterministic whatever the timing.
+A verifier may have a `fast` path (pure Python, linear in its input, no sympy: `math`'s exact
+stages, `gsm8k`): rows it decides are answered in this process before any worker is asked, and
+only the rest (and completions over 20,000 characters) go to the workers.
 Each worker is a fresh `python -m rlvr.verifiers.pool` that caps its own address space
 (`max_memory_mb`); a replacement takes about a second to import the verifiers, and the
 clock of a call starts only when a ready worker receives it.
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 
 from rlvr.verifiers.base import VerifierResult
 from rlvr.verifiers._worker import READY
-from rlvr.verifiers.scoring import MAX_COMPLETION_CHARS, ScoredBatch, collect, score_one
+from rlvr.verifiers.scoring import MAX_COMPLETION_CHARS, ScoredBatch, collect, quick_result, score_one
 
 class _Worker:
     def __init__(self, verifier_files: tuple[str, ...], max_memory_mb: int):
@@ -81,6 +84,8 @@ class VerifierPool:
         for i, (c, row) in enumerate(zip(completions, rows)):
             if len(c) > MAX_COMPLETION_CHARS:  # not worth sending to a worker
                 results[i] = VerifierResult.fail("unparsable", f"completion longer than {MAX_COMPLETION_CHARS} characters")
+            elif (quick := quick_result(c, row["ground_truth"], row["verifier"], **metas[i])) is not None:
+                results[i] = quick  # decided here without sympy: no worker round trip
             else:
                 pending.append(i)
         busy: dict[Connection, _Worker] = {}
@@ -141,15 +146,17 @@ class VerifierPool:
 
     def close(self) -> None:
         for w in self._pool:
-            try:
-                w.send_conn.send(None)
-            except OSError:
-                pass
+            if w.ready:  # a worker still starting up is killed, not waited for
+                try:
+                    w.send_conn.send(None)
+                except OSError:
+                    pass
         for w in self._pool:
-            try:
-                w.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
+            if w.ready:
+                try:
+                    w.proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
             w.kill()
         self._pool = []
 

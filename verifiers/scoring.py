@@ -15,6 +15,7 @@ from rlvr.verifiers.base import VerifierResult
 from rlvr.verifiers.registry import get_verifier
 
 MAX_COMPLETION_CHARS = 1 << 20  # model output past this is not checked
+FAST_MAX_CHARS = 20_000  # longer completions always go to a worker (its time limit bounds them)
 
 
 @dataclass
@@ -53,6 +54,19 @@ def score_one(completion: str, ground_truth: Any, verifier: str, **meta) -> Veri
         return result
     except Exception as e:  # fail closed: a crashing check is a counted zero, never a crash
         return VerifierResult.fail("error", f"{type(e).__name__}: {e}"[:500])
+
+
+def quick_result(completion: str, ground_truth: Any, verifier: str, **meta) -> VerifierResult | None:
+    """The verdict of a verifier's `fast` path (pure Python, no sympy, linear in the input) for a
+    completion of at most FAST_MAX_CHARS, or None: then only a worker, under its time limit, decides.
+    A fast path that raises says nothing; the worker will say what is wrong."""
+    if len(completion) > FAST_MAX_CHARS:
+        return None
+    try:
+        fast = getattr(get_verifier(verifier), "fast", None)
+        return fast(completion, ground_truth, **meta) if fast is not None else None
+    except Exception:
+        return None
 
 
 def collect(results: list[VerifierResult], names: list[str]) -> ScoredBatch:
