@@ -99,6 +99,7 @@ math_v = get_verifier("math")
         (r"$x > 2$", r"[2,\infty)", 0),
         (r"\boxed{\{-3, 3\}}", "[-3, 3]", 0),
         (r"$-1 < x \le 4$", "(-1,4]", 1),
+        (r"$5 \ge x > 2$", "(2,5]", 1),
         (r"\boxed{(2,\infty)\cup(-\infty,1)}", r"(-\infty,1)\cup(2,\infty)", 1),
         # numbers: repeating and rounded decimals, separators, money, units
         (r"\boxed{0.\overline{3}}", r"\frac{1}{3}", 1),

@@ -722,13 +722,11 @@ def _inequality(s: str, depth: int) -> Value | None:
     if len(var_at) != 1:
         return None
     lo, hi = Value("scalar", "-\\infty"), Value("scalar", "\\infty")
-    lo_b, hi_b = "(", ")"
     if len(tokens) == 5:
         if var_at != [1] or not (all(o in ("<", "\\le") for o in ops) or all(o in (">", "\\ge") for o in ops)):
             return None
-        if ops[0] in (">", "\\ge"):
-            terms, ops = terms[::-1], [{"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[o] for o in ops[::-1]]
-            ops = [{">": "<", "\\ge": "\\le"}[o] for o in ops]
+        if ops[0] in (">", "\\ge"):  # 5 > x > 2  ->  2 < x < 5
+            terms, ops = terms[::-1], [{">": "<", "\\ge": "\\le"}[o] for o in ops[::-1]]
         lo, hi = read_answer(terms[0], depth + 1), read_answer(terms[2], depth + 1)
         return Value("interval", items=(lo, hi), brackets=("[" if ops[0] == "\\le" else "(") + ("]" if ops[1] == "\\le" else ")"))
     op = ops[0]
@@ -995,11 +993,6 @@ def check_math(completion: str, ground_truth: Any, last_number: bool = True, all
     except _Unsafe:
         return VerifierResult.fail("unparsable", "answer too large to compare safely", **info)
     return VerifierResult(1.0 if ok else 0.0, {"status": "ok" if ok else "wrong", **info})
-
-
-def answers_equivalent(gold: str, pred: str) -> bool:
-    """Whether two final answers (LaTeX or plain) are the same answer; raises _Unsafe for answers too big to check."""
-    return values_equal(read_answer(gold), read_answer(pred))
 
 
 def _validate_math(ground_truth: Any) -> None:
