@@ -11,11 +11,10 @@ from rlvr.rollouts.base import Rollout, Sampling
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", batch_size: int = 64, **_ignored):
-        from rlvr.models import load_policy, load_tokenizer
-
         from transformers import GenerationConfig
 
         from rlvr.chat import stop_token_ids
+        from rlvr.models import load_policy, load_tokenizer
 
         self.model = load_policy(model_path, dtype).eval()
         self.tokenizer = load_tokenizer(model_path)
