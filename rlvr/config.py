@@ -47,7 +47,7 @@ class TinyModelConfig:
 class ModelConfig:
     name_or_path: str = ""  # HF hub id or local folder; empty: build `tiny` from scratch
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    dtype: Literal["float32", "bfloat16"] = "float32"  # learner and engine dtype
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype: the engine's weights and the learner's autocast (its master weights and optimizer states stay float32)
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class PPOConfig:
     epochs: int = 1  # passes over each step's rollouts
     num_minibatches: int = 1  # optimizer steps per epoch
     micro_batch_size: int = 64  # rows per forward/backward; gradients accumulate to a minibatch
+    max_tokens_per_micro_batch: int = 0  # > 0: micro-batches of length-sorted rollouts cut by this budget of padded tokens (rows x widest row), in place of micro_batch_size
     lr: float = 1e-5  # policy learning rate
     critic_lr: float = 1e-5  # value model learning rate
     warmup_steps: int = 0  # linear warm-up, in optimizer steps
@@ -98,6 +99,32 @@ class PPOConfig:
     kl_penalty: Literal["reward", "loss"] = "reward"  # k1 in the reward (Tulu 3) or e.g. k3 in the loss (GRPO)
     entropy_coef: float = 0.0  # entropy bonus in the policy loss; entropy is always logged
     critic_warmup_steps: int = 0  # steps that train only the critic
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner computes (rlvr.learner, rlvr.backends); what it optimises is `ppo` and `algo`."""
+
+    backend: Literal["torch", "deepspeed"] = "torch"  # plain torch (one process) or DeepSpeed ZeRO
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (backend deepspeed)
+    offload_optimizer: bool = False  # DeepSpeed: optimizer states in CPU memory (ZeRO 1-3)
+    offload_params: bool = False  # DeepSpeed: parameters in CPU memory (ZeRO 3)
+    world_size: int = 1  # learner ranks (backend deepspeed); each takes its share of every minibatch
+    lean_logprobs: bool = True  # logprobs and entropy only at response positions, in chunks, recomputed in the backward pass
+    logprob_chunk_tokens: int = 1024  # tokens per chunk of [chunk, vocab] logits (lean_logprobs)
+    gradient_checkpointing: bool = False  # recompute the transformer layers in the backward pass
+
+    def __post_init__(self):
+        if not 0 <= self.zero_stage <= 3:
+            raise ConfigError(f"learner.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.backend == "torch" and (self.zero_stage or self.offload_optimizer or self.offload_params or self.world_size != 1):
+            raise ConfigError("learner.zero_stage, offload_* and world_size > 1 need learner.backend: deepspeed")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("learner.offload_params needs learner.zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("learner.offload_optimizer needs learner.zero_stage 1, 2 or 3")
+        if self.world_size < 1 or self.logprob_chunk_tokens < 1:
+            raise ConfigError("learner.world_size and learner.logprob_chunk_tokens must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -177,6 +204,7 @@ class Config(SeedRun):
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers

@@ -1,19 +1,28 @@
-"""The PPO learner: policy, critic and frozen reference on one process (plain torch).
+"""The PPO learner: policy, critic and frozen reference.
 
 It turns rollouts into padded tensors, scores them (old logprobs, reference logprobs,
 values) and runs epochs x minibatches of clipped PPO updates with gradient accumulation
-over micro-batches. The math lives in `rlvr.ppo` and `rlvr.baselines`.
+over micro-batches. The math lives in `rlvr.ppo` and `rlvr.baselines`; how each trained model
+steps (torch or DeepSpeed ZeRO, precision, ranks) in `rlvr.backends`; lean logprobs in
+`rlvr.logprobs`.
+
+Micro-batches hold a fixed number of rows (`ppo.micro_batch_size`) or, with
+`ppo.max_tokens_per_micro_batch`, length-sorted rows cut by a budget of padded tokens and
+trimmed to their own widest prompt and response. Either way the loss weights are those of the
+whole minibatch, so any split gives the same gradient.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
-from rlvr.config import PPOConfig
+from rlvr.backends import make_trainer
+from rlvr.config import LearnerConfig, PPOConfig
+from rlvr.logprobs import check_lean_model, lean_logprobs
 from rlvr.ppo import (
     KL_ESTIMATORS,
     clipped_policy_loss,
@@ -50,6 +59,14 @@ class Batch:
             self.prompt_width,
         )
 
+    def trimmed(self) -> "Batch":
+        """The same rows without the columns that are padding in every row."""
+        P = self.prompt_width
+        p = int(self.attention_mask[:, :P].sum(1).max())
+        t = max(1, int(self.attention_mask[:, P:].sum(1).max()))
+        cols = slice(P - p, P + t)
+        return Batch(self.input_ids[:, cols], self.attention_mask[:, cols], self.position_ids[:, cols], self.response_ids[:, :t], self.mask[:, :t], p)
+
     def rows(self, idx: torch.Tensor | slice) -> "Batch":
         return Batch(
             self.input_ids[idx],
@@ -83,6 +100,30 @@ def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits[:, P - 1 : P + T - 1]
 
 
+def plan_micro_batches(batch: Batch, rows: list[int], micro_batch_size: int, max_tokens: int) -> list[list[int]]:
+    """`rows` of `batch` grouped into micro-batches: `micro_batch_size` at a time in order, or (with
+    `max_tokens` > 0) longest first, each group as large as fits `max_tokens` padded tokens (its
+    rows x (widest prompt + widest response)); a row longer than the budget goes alone."""
+    if max_tokens <= 0:
+        return [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+    P = batch.prompt_width
+    plen = batch.attention_mask[:, :P].sum(1).tolist()
+    rlen = batch.attention_mask[:, P:].sum(1).tolist()
+    order = sorted(rows, key=lambda r: (-(plen[r] + rlen[r]), r))
+    groups: list[list[int]] = []
+    cur, wp, wr = [], 0, 0
+    for r in order:
+        np_, nr = max(wp, plen[r]), max(wr, rlen[r], 1)
+        if cur and (len(cur) + 1) * (np_ + nr) > max_tokens:
+            groups.append(cur)
+            cur, np_, nr = [], plen[r], max(rlen[r], 1)
+        cur.append(r)
+        wp, wr = np_, nr
+    if cur:
+        groups.append(cur)
+    return groups
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
@@ -109,54 +150,111 @@ class PPOLearner:
         loss_agg: str = "token",
         max_new_tokens: int = 0,
         temperature: float = 1.0,
+        learner: LearnerConfig | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+        make_optimizer: Callable[[list, float], torch.optim.Optimizer] | None = None,
     ):
         """`critic` None: a critic-free baseline (no value loss); `loss_agg`/`max_new_tokens`:
         how the policy loss aggregates over tokens (rlvr.ppo.loss_weights); `temperature`: the
         engine's sampling temperature (every logprob, entropy and KL is of logits / temperature,
-        the distribution the rollouts were sampled from)."""
+        the distribution the rollouts were sampled from); `learner`: backend, ranks and lean
+        computation; `compute_dtype`: bfloat16 computes in bf16 over fp32 master weights;
+        `make_optimizer(params, lr)`: AdamW with `cfg`'s betas and weight decay unless given."""
         if temperature <= 0:
             raise ValueError(f"the learner needs a sampling temperature > 0, got {temperature}")
-        self.policy, self.critic, self.ref, self.cfg, self.pad_id = policy, critic, ref, cfg, pad_id
+        self.cfg, self.pad_id, self.lcfg = cfg, pad_id, learner or LearnerConfig()
         self.loss_agg, self.max_new_tokens, self.temperature = loss_agg, max_new_tokens, temperature
-        # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
-        self.device = next(policy.parameters()).device
-        if ref is not None:
-            ref.eval().requires_grad_(False)
+        if self.lcfg.lean_logprobs:
+            for model in (policy, ref):
+                if model is not None:
+                    check_lean_model(model)
+        if self.lcfg.gradient_checkpointing:
+            for model in (policy, critic):
+                if model is not None:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         updates = total_steps * cfg.epochs * cfg.num_minibatches
-        self.policy_opt = torch.optim.AdamW(
-            policy.parameters(), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-        )
-        self.policy_sched = LambdaLR(self.policy_opt, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, updates))
-        self.critic_opt = self.critic_sched = None
-        if critic is not None:
-            self.critic_opt = torch.optim.AdamW(
-                critic.parameters(), lr=cfg.critic_lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-            )
-            self.critic_sched = LambdaLR(self.critic_opt, lr_lambda(cfg.lr_schedule, cfg.warmup_steps, updates))
+        schedule = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, updates)
+        make = make_optimizer or (lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay))
+
+        def trainer(model: torch.nn.Module, lr: float):
+            return make_trainer(model, lambda params: make(params, lr), schedule, cfg.max_grad_norm, compute_dtype, self.lcfg)
+
+        self.policy_trainer = trainer(policy, cfg.lr)
+        self.critic_trainer = trainer(critic, cfg.critic_lr) if critic is not None else None
+        self.policy = self.policy_trainer.module
+        self.critic = self.critic_trainer.module if critic is not None else None
+        # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
+        self.device = self.policy_trainer.device
+        self.rank, self.world_size = self.policy_trainer.rank, self.policy_trainer.world_size
+        self.ref = ref
+        if ref is not None:
+            ref.eval().requires_grad_(False).to(self.device)
+            if self.lcfg.backend == "deepspeed":
+                ref.to(compute_dtype)  # no autocast there: the reference computes as the policy does
+
+    # ---------------------------------------------------------------- micro-batches
+
+    def _groups(self, batch: Batch, rows: list[int]) -> list[list[int]]:
+        """This rank's share of `rows` in micro-batches; under several ranks every rank gets the same
+        number of micro-batches (ZeRO-3 gathers weights collectively in each forward pass), the
+        missing ones empty (run on a stand-in row with weight 0)."""
+        mine = rows[self.rank :: self.world_size]
+        groups = plan_micro_batches(batch, mine, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
+        if self.world_size > 1:
+            n = torch.tensor([len(groups)], device=self._comm_device())
+            torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
+            groups += [[] for _ in range(int(n) - len(groups))]
+        return groups
+
+    def _micro_batch(self, batch: Batch, rows: list[int]) -> Batch:
+        mb = batch.rows(torch.tensor(rows))
+        return (mb.trimmed() if self.cfg.max_tokens_per_micro_batch > 0 else mb).to(self.device)
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return t
+        t = t.to(self._comm_device())
+        torch.distributed.all_reduce(t)
+        return t.cpu()
 
     # ---------------------------------------------------------------- scoring
-
-    def micro_batches(self, batch: Batch):
-        for start in range(0, len(batch), self.cfg.micro_batch_size):
-            yield batch.rows(slice(start, start + self.cfg.micro_batch_size)).to(self.device)
 
     def sampling_logits(self, model: torch.nn.Module, mb: Batch) -> torch.Tensor:
         """Logits of the distribution the engine samples from: the model's, divided by the temperature."""
         logits = response_logits(model, mb)
         return logits if self.temperature == 1.0 else logits / self.temperature
 
+    def token_logprobs(self, model: torch.nn.Module, mb: Batch, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(response token) and the entropy per position at the sampling temperature, [b, t] float32."""
+        if self.lcfg.lean_logprobs:
+            logp, entropy = lean_logprobs(model, mb, self.temperature, self.lcfg.logprob_chunk_tokens, entropy_grad)
+            return logp, entropy
+        logits = self.sampling_logits(model, mb)
+        return token_logprobs(logits, mb.response_ids), entropy_from_logits(logits)
+
     @torch.no_grad()
+    def _score(self, batch: Batch, fn) -> torch.Tensor:
+        out = torch.zeros(batch.mask.shape)
+        for rows in self._groups(batch, list(range(len(batch)))):
+            mb = self._micro_batch(batch, rows or [0])
+            res = fn(mb).float().cpu()
+            if rows:
+                out[rows, : res.shape[1]] = res
+        return self._all_reduce(out)
+
     def logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """log pi(response token) under `model` at the sampling temperature: [B, T] float32 (0 on padding)."""
         model.eval()
-        parts = [token_logprobs(self.sampling_logits(model, mb), mb.response_ids) * mb.mask for mb in self.micro_batches(batch)]
-        return torch.cat(parts).cpu()
+        with self.policy_trainer.autocast():
+            return self._score(batch, lambda mb: self.token_logprobs(model, mb, False)[0] * mb.mask)
 
-    @torch.no_grad()
     def values(self, batch: Batch) -> torch.Tensor:
         self.critic.eval()
-        parts = [response_logits(self.critic, mb)[..., 0].float() * mb.mask for mb in self.micro_batches(batch)]
-        return torch.cat(parts).cpu()
+        with self.critic_trainer.autocast():
+            return self._score(batch, lambda mb: response_logits(self.critic, mb)[..., 0].float() * mb.mask)
 
     # ---------------------------------------------------------------- update
 
@@ -176,7 +274,8 @@ class PPOLearner:
 
         `returns_BT`/`old_values_BT` are None without a critic; `is_weights_BT` multiplies each
         token's policy loss (truncated importance sampling). A batch that does not divide into
-        `ppo.num_minibatches` (dynamic sampling) is split into near-equal parts.
+        `ppo.num_minibatches` (dynamic sampling) is split into near-equal parts. Under several
+        ranks every rank is given the same arguments and takes its share of each minibatch.
         """
         cfg = self.cfg
         B = len(batch)
@@ -184,87 +283,115 @@ class PPOLearner:
             raise ValueError(f"batch of {B} rollouts is smaller than ppo.num_minibatches={cfg.num_minibatches}")
         kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
         kl_in_loss = cfg.kl_penalty == "loss" and cfg.kl_coef > 0 and ref_logp_BT is not None
+        policy, critic = self.policy_trainer if train_policy else None, self.critic_trainer
         sums: dict[str, float] = {}
         n_updates = 0
         self.policy.train()
-        if self.critic is not None:
+        if critic is not None:
             self.critic.train()
         for _ in range(cfg.epochs):
             order = torch.randperm(B, generator=generator)
             for idx in order.tensor_split(cfg.num_minibatches):
                 num_tokens = batch.mask[idx].sum().clamp(min=1).item()
-                weights = loss_weights(batch.mask[idx], self.loss_agg, self.max_new_tokens)
+                # the minibatch's loss weights, laid out by batch row so that any micro-batch can pick its rows
+                weights = torch.zeros_like(batch.mask)
+                weights[idx] = loss_weights(batch.mask[idx], self.loss_agg, self.max_new_tokens)
                 if is_weights_BT is not None:
-                    weights = weights * is_weights_BT[idx]
+                    weights = weights * is_weights_BT
                 stats: dict[str, float] = {}
-                if train_policy:
-                    self.policy_opt.zero_grad(set_to_none=True)
-                if self.critic is not None:
-                    self.critic_opt.zero_grad(set_to_none=True)
-                for mstart in range(0, len(idx), cfg.micro_batch_size):
-                    midx = idx[mstart : mstart + cfg.micro_batch_size]
-                    mb = batch.rows(midx).to(self.device)
-                    on_device = lambda t: t[midx].to(self.device)  # noqa: E731
-                    w = weights[mstart : mstart + cfg.micro_batch_size].to(self.device)
-                    share = mb.mask.sum().item() / num_tokens  # this micro-batch's weight in token means
-                    if train_policy:
-                        logits = self.sampling_logits(self.policy, mb)
-                        logp = token_logprobs(logits, mb.response_ids)
-                        loss, pstats = clipped_policy_loss(
-                            logp, on_device(old_logp_BT), on_device(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, w
-                        )
-                        entropy = entropy_from_logits(logits)
+                for trainer in (policy, critic):
+                    if trainer is not None:
+                        trainer.zero_grad()
+                groups = self._groups(batch, idx.tolist())
+                for k, rows in enumerate(groups):
+                    last, real = k == len(groups) - 1, bool(rows)
+                    rows = rows or idx[:1].tolist()
+                    mb = self._micro_batch(batch, rows)
+                    t = mb.mask.shape[1]
+                    pick = lambda x: x[rows, :t].to(self.device)  # noqa: E731
+                    w = pick(weights) * float(real)
+                    share = mb.mask.sum().item() / num_tokens if real else 0.0  # this micro-batch's weight in token means
+                    if policy is not None:
+                        policy.begin_micro_batch()
+                        with policy.autocast():
+                            logp, entropy = self.token_logprobs(self.policy, mb, entropy_grad=cfg.entropy_coef != 0)
+                        loss, pstats = clipped_policy_loss(logp, pick(old_logp_BT), pick(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, w)
                         _acc(stats, "loss/policy", loss.item())
-                        _acc(stats, "policy/entropy", masked_mean(entropy, mb.mask).item() * share)
-                        for k, v in pstats.items():
-                            _acc(stats, f"policy/{k}", v.item() * share)
+                        _acc(stats, "policy/entropy", masked_mean(entropy.detach(), mb.mask).item() * share)
+                        for key, v in pstats.items():
+                            _acc(stats, f"policy/{key}", v.item() * share)
                         if cfg.entropy_coef:
                             loss = loss - cfg.entropy_coef * (entropy * w).sum()
                         if kl_in_loss:
-                            kl_loss = (kl_fn(logp, on_device(ref_logp_BT)) * w).sum()
+                            kl_loss = (kl_fn(logp, pick(ref_logp_BT)) * w).sum()
                             _acc(stats, "loss/kl", kl_loss.item())
                             loss = loss + cfg.kl_coef * kl_loss
-                        loss.backward()
-                    if self.critic is not None:
-                        values = response_logits(self.critic, mb)[..., 0].float()
-                        vloss, vstats = clipped_value_loss(
-                            values, on_device(old_values_BT), on_device(returns_BT), mb.mask, cfg.value_clip, num_tokens
-                        )
-                        (cfg.vf_coef * vloss).backward()
+                        policy.backward(loss, last)
+                    if critic is not None:
+                        critic.begin_micro_batch()
+                        with critic.autocast():
+                            values = response_logits(self.critic, mb)[..., 0].float()
+                        vloss, vstats = clipped_value_loss(values, pick(old_values_BT), pick(returns_BT), mb.mask, cfg.value_clip, num_tokens)
+                        vloss = vloss * float(real)
+                        critic.backward(cfg.vf_coef * vloss, last)
                         _acc(stats, "loss/value", vloss.item())
                         _acc(stats, "value/clip_frac", vstats["value_clip_frac"].item() * share)
-                if train_policy:
-                    gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                    _acc(stats, "policy/grad_norm", gn.item())
-                    self.policy_opt.step()
-                    self.policy_sched.step()
-                if self.critic is not None:
-                    gn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-                    _acc(stats, "value/grad_norm", gn.item())
-                    self.critic_opt.step()
-                    self.critic_sched.step()
-                for k, v in stats.items():
-                    _acc(sums, k, v)
+                if self.world_size > 1:
+                    keys = sorted(stats)
+                    total = self._all_reduce(torch.tensor([stats[key] for key in keys], dtype=torch.float64))
+                    stats = dict(zip(keys, total.tolist()))
+                if policy is not None:
+                    _acc(stats, "policy/grad_norm", policy.step())
+                if critic is not None:
+                    _acc(stats, "value/grad_norm", critic.step())
+                for key, v in stats.items():
+                    _acc(sums, key, v)
                 n_updates += 1
-        out = {k: v / n_updates for k, v in sums.items()}
-        out["policy/lr"] = self.policy_sched.get_last_lr()[0]
+        out = {key: v / n_updates for key, v in sums.items()}
+        out["policy/lr"] = self.policy_trainer.last_lr()
         return out
 
-    # ---------------------------------------------------------------- checkpoint state
+    # ---------------------------------------------------------------- weights and checkpoint state
+
+    def policy_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's full weights cast to `dtype`, one tensor at a time, for the rollout engine
+        (under ZeRO-3 a collective: every rank iterates)."""
+        return self.policy_trainer.full_weights(dtype)
+
+    def full_weights(self, which: str) -> dict[str, torch.Tensor] | None:
+        """`which` ("policy" or "critic") model's full float32 weights where its module does not hold
+        them (ZeRO-3), else None (the module's own state dict is complete)."""
+        trainer = self.policy_trainer if which == "policy" else self.critic_trainer
+        if getattr(trainer, "zero_stage", 0) < 3:
+            return None
+        return dict(trainer.full_weights(torch.float32))
+
+    def save_to(self, folder) -> None:
+        self.policy_trainer.save_to(folder / "learner_policy")
+        if self.critic_trainer is not None:
+            self.critic_trainer.save_to(folder / "learner_critic")
+
+    def load_from(self, folder) -> None:
+        self.policy_trainer.load_from(folder / "learner_policy")
+        if self.critic_trainer is not None:
+            self.critic_trainer.load_from(folder / "learner_critic")
 
     def state_dict(self) -> dict:
-        state = {"policy_opt": self.policy_opt.state_dict(), "policy_sched": self.policy_sched.state_dict()}
-        if self.critic is not None:
-            state["critic_opt"] = self.critic_opt.state_dict()
-            state["critic_sched"] = self.critic_sched.state_dict()
-        return state
+        state = self.policy_trainer.state_dict()
+        if not state:
+            return {}  # DeepSpeed: save_to
+        out = {"policy_opt": state["optimizer"], "policy_sched": state["scheduler"]}
+        if self.critic_trainer is not None:
+            state = self.critic_trainer.state_dict()
+            out["critic_opt"], out["critic_sched"] = state["optimizer"], state["scheduler"]
+        return out
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy_opt.load_state_dict(state["policy_opt"])
-        self.policy_sched.load_state_dict(state["policy_sched"])
-        if self.critic is not None:
-            self.critic_opt.load_state_dict(state["critic_opt"])
-            self.critic_sched.load_state_dict(state["critic_sched"])
+        if not state:
+            return
+        self.policy_trainer.load_state_dict({"optimizer": state["policy_opt"], "scheduler": state["policy_sched"]})
+        if self.critic_trainer is not None:
+            self.critic_trainer.load_state_dict({"optimizer": state["critic_opt"], "scheduler": state["critic_sched"]})
 
 
 def _acc(d: dict[str, float], key: str, value: float) -> None:

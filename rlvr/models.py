@@ -106,6 +106,15 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+def learner_device() -> torch.device:
+    """Where training computes: this rank's GPU when there is one (LOCAL_RANK under a launcher), else the CPU."""
+    import os
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def load_policy(path: str | Path, dtype: str = "float32") -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     disable_dropout(model)

@@ -26,11 +26,11 @@ import torch
 from rlvr import checkpoint as ckpt
 from rlvr.baselines import compute_advantages, get_baseline
 from rlvr.baselines.dapo import informative_groups, overlong_penalty
-from rlvr.config import Config, to_dict, to_yaml
+from rlvr.config import Config, ConfigError, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, make_batch
 from rlvr.monitors import Monitor
-from rlvr.models import initial_model, load_critic, load_policy, load_tokenizer, num_params
+from rlvr.models import DTYPES, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
@@ -192,6 +192,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     last = ckpt.latest_checkpoint(run_dir) if resume else None
     if not resume and (run_dir / "config.yaml").exists():
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+    if cfg.learner.world_size > 1:
+        raise ConfigError(
+            f"learner.world_size {cfg.learner.world_size}: rlvr train runs one learner rank; several ranks run the "
+            "learner through rlvr.learner.PPOLearner under torchrun/deepspeed (tests/test_learner_ranks.py)"
+        )
     train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -201,12 +206,13 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     init_path = initial_model(cfg, run_dir, tokenizer_text)
     policy_path = str(last / "policy") if last else init_path
     tokenizer = load_tokenizer(policy_path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(policy_path, cfg.model.dtype).to(device)
+    device = learner_device()
+    # policy and critic as float32 master weights (the learner computes in model.dtype); the frozen reference in model.dtype
+    policy = load_policy(policy_path, "float32").to(device)
     ref = load_policy(init_path, cfg.model.dtype).to(device) if cfg.ppo.kl_coef > 0 else None
     critic = None
     if get_baseline(cfg.algo.baseline).needs_critic:
-        critic = load_critic(last / "critic", cfg.model.dtype) if last else load_critic(init_path, cfg.model.dtype, from_policy=True)
+        critic = load_critic(last / "critic", "float32") if last else load_critic(init_path, "float32", from_policy=True)
         critic = critic.to(device)
     learner = PPOLearner(
         policy,
@@ -218,6 +224,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         loss_agg=cfg.algo.loss_agg,
         max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=cfg.rollout.temperature,
+        learner=cfg.learner,
+        compute_dtype=DTYPES[cfg.model.dtype],
     )
 
     train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))
@@ -231,6 +239,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     if last:
         state = ckpt.load_trainer_state(last)
         learner.load_state_dict(state["learner"])
+        learner.load_from(last)
         sampler.load_state_dict(state["sampler"])
         shuffle.set_state(state["shuffle"])
         history = state["history"]
@@ -350,7 +359,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
 
                 # 5. sync the new weights into the engine
                 t = time.perf_counter()
-                engine.load_weights(policy.state_dict().items())
+                engine.load_weights(learner.policy_weights(DTYPES[cfg.model.dtype]))
                 m["time/sync_s"] = time.perf_counter() - t
             else:
                 _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
@@ -400,6 +409,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                         "monitor": monitor.state_dict(),
                     },
                     keep=cfg.train.keep_checkpoints,
+                    learner=learner,
                 )
     finally:
         log.close()

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from numerics import GRAD_RTOL, assert_same_gradients, grads_of
+from numerics import GRAD_RTOL, assert_same_gradients
 from rlvr.baselines import gae
-from rlvr.config import PPOConfig
-from rlvr.learner import PPOLearner, lr_lambda, make_batch
+from rlvr.config import LearnerConfig, PPOConfig
+from rlvr.learner import PPOLearner, lr_lambda, make_batch, plan_micro_batches
 from rlvr.ppo import (
     KL_ESTIMATORS,
     clipped_policy_loss,
@@ -170,20 +170,22 @@ def assert_same_steps(steps_a: list[dict], steps_b: list[dict]) -> None:
         assert_same_gradients(a, b, where=f"step {i}")
 
 
-def use_sgd(learner: PPOLearner) -> list[dict]:
-    """Swap the learner's AdamW for SGD (constant lr); returns the list that collects each model's
-    gradients just before each of its optimizer steps, in step order."""
-    from torch.optim.lr_scheduler import LambdaLR
-
+def use_sgd(policy, critic) -> tuple:
+    """An optimizer factory for PPOLearner (plain SGD, constant lr) and the list it fills with each
+    model's gradients just before each of its steps, in step order."""
+    names = {}
+    for prefix, model in (("policy.", policy), ("critic.", critic)):
+        if model is not None:
+            names.update({id(p): prefix + n for n, p in model.named_parameters()})
     grads: list[dict] = []
-    for attr, model in (("policy", learner.policy), ("critic", learner.critic)):
-        if model is None:
-            continue
-        opt = torch.optim.SGD(model.parameters(), lr=SGD_LR)
-        opt.register_step_pre_hook(lambda o, args, kwargs, model=model, attr=attr: grads.append(grads_of(model, f"{attr}.")))
-        setattr(learner, f"{attr}_opt", opt)
-        setattr(learner, f"{attr}_sched", LambdaLR(opt, lambda step: 1.0))
-    return grads
+
+    def make(params, lr):
+        params = list(params)
+        opt = torch.optim.SGD(params, lr=SGD_LR)
+        opt.register_step_pre_hook(lambda o, args, kwargs: grads.append({names[id(p)]: p.grad.detach().clone() for p in params if p.grad is not None}))
+        return opt
+
+    return make, grads
 
 
 def _off_policy(logp_BT: torch.Tensor, mask_BT: torch.Tensor, seed: int) -> torch.Tensor:
@@ -194,12 +196,17 @@ def _off_policy(logp_BT: torch.Tensor, mask_BT: torch.Tensor, seed: int) -> torc
     return logp_BT + 0.5 * sign * mask_BT
 
 
-def _ppo_update(policy, critic, ref, batch, micro, adv, ret, isw=None, agg="token"):
-    """One PPOLearner.update (2 minibatches) with SGD: (stats, gradients before each step, weights after)."""
-    cfg = PPOConfig(num_minibatches=2, micro_batch_size=micro, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01)
+def _ppo_update(policy, critic, ref, batch, micro, adv, ret, isw=None, agg="token", budget=0, lean=True):
+    """One PPOLearner.update (2 minibatches) with SGD: (stats, gradients before each step, weights after).
+    `budget`: ppo.max_tokens_per_micro_batch; `lean`: learner.lean_logprobs."""
+    cfg = PPOConfig(
+        num_minibatches=2, micro_batch_size=micro, max_tokens_per_micro_batch=budget, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01
+    )
     p, c = copy.deepcopy(policy), copy.deepcopy(critic)
-    learner = PPOLearner(p, c, ref, cfg, total_steps=1, pad_id=0, loss_agg=agg, max_new_tokens=batch.mask.shape[1])
-    grads = use_sgd(learner)
+    make, grads = use_sgd(p, c)
+    learner = PPOLearner(
+        p, c, ref, cfg, total_steps=1, pad_id=0, loss_agg=agg, max_new_tokens=batch.mask.shape[1], make_optimizer=make, learner=LearnerConfig(lean_logprobs=lean)
+    )
     old_logp = _off_policy(learner.logprobs(p, batch), batch.mask, seed=5)
     ref_logp = learner.logprobs(ref, batch) if ref is not None else None
     old_v = learner.values(batch) if c is not None else None
@@ -240,7 +247,7 @@ def test_micro_batches_equal_one_big_batch(tiny_model_dir):
     (policy, critic, ref), batch, adv, ret = _ppo_fixture(tiny_model_dir, 16, seed=0)
     big = _ppo_update(policy, critic, ref, batch, 8, adv, ret)
     small = _ppo_update(policy, critic, ref, batch, 1, adv, ret)
-    _assert_same_update(big, small, ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "policy/clip_frac", "policy/grad_norm", "value/grad_norm"))
+    _assert_same_update(big, small, STATS)
     assert big[0]["policy/clip_frac"] > 0.2  # clipping took part
     assert len(big[1]) == 4  # policy and critic, 2 minibatches each
     assert not torch.equal(big[2]["policy.model.embed_tokens.weight"], policy.state_dict()["model.embed_tokens.weight"])
@@ -256,6 +263,29 @@ def test_micro_batches_equal_one_big_batch_without_critic(tiny_model_dir, agg):
     small = _ppo_update(policy, None, None, batch, 1, adv, None, isw, agg)
     assert "loss/value" not in big[0]
     _assert_same_update(big, small, ("loss/policy", "policy/clip_frac", "policy/grad_norm"))
+
+
+STATS = ("loss/policy", "loss/value", "loss/kl", "policy/entropy", "policy/clip_frac", "policy/grad_norm", "value/grad_norm")
+
+
+def test_token_budget_micro_batches_equal_fixed_ones(tiny_model_dir):
+    """Length-sorted micro-batches cut by a token budget and trimmed to their own widths give the
+    update of fixed micro-batches over the batch's full width (the loss weights are the minibatch's)."""
+    (policy, critic, ref), batch, adv, ret = _ppo_fixture(tiny_model_dir, 16, seed=1)
+    fixed = _ppo_update(policy, critic, ref, batch, 4, adv, ret)
+    budget = _ppo_update(policy, critic, ref, batch, 4, adv, ret, budget=24)
+    _assert_same_update(fixed, budget, STATS)
+    groups = plan_micro_batches(batch, list(range(16)), 4, 24)
+    assert sorted(r for g in groups for r in g) == list(range(16)) and len(groups) > 4  # not the 4 fixed ones
+
+
+def test_lean_logprobs_give_the_full_update(tiny_model_dir):
+    """The update with chunked head logprobs (recomputed in the backward pass) equals the one through
+    the model's full logits: gradients with the entropy bonus and the KL in the loss, and statistics."""
+    (policy, critic, ref), batch, adv, ret = _ppo_fixture(tiny_model_dir, 16, seed=2)
+    full = _ppo_update(policy, critic, ref, batch, 8, adv, ret, lean=False)
+    lean = _ppo_update(policy, critic, ref, batch, 8, adv, ret, lean=True)
+    _assert_same_update(full, lean, STATS)
 
 
 def test_wrong_accumulation_is_caught(tiny_model_dir, monkeypatch):

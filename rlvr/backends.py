@@ -1,0 +1,215 @@
+"""How one trained model (policy or critic) takes its optimizer steps: plain torch or DeepSpeed ZeRO.
+
+The learner (rlvr.learner) computes losses; a `ModelTrainer` owns the model's optimizer,
+schedule, gradient clipping, precision and ranks:
+
+    trainer.backward(loss)   # gradients accumulate until step()
+    grad_norm = trainer.step()
+
+Precision (both backends): the weights the optimizer updates and its states are float32
+("master weights"); with `model.dtype: bfloat16` the forward and backward passes compute in
+bfloat16 (torch: autocast; DeepSpeed: its bf16 mode, which keeps the fp32 master copy in the
+ZeRO optimizer). An update far below a bf16 weight's spacing (lr 1e-6 on weights of size 1e-2)
+is kept in the master weights, where pure bf16 would round it away; the rollout engine gets the
+master weights cast to its dtype.
+
+Ranks (DeepSpeed): every rank runs the same number of forward/backward passes on its share of
+each minibatch, with the minibatch's loss weights; DeepSpeed averages gradients over ranks, so
+`backward` multiplies the loss by the world size and the update equals one rank's on the whole
+minibatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from rlvr.config import LearnerConfig
+
+OptimizerFactory = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class ModelTrainer:
+    """The torch backend: one process, AdamW, fp32 master weights, bf16 autocast when asked."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, model: torch.nn.Module, make_optimizer: OptimizerFactory, schedule: Callable[[int], float], max_grad_norm: float, compute_dtype: torch.dtype):
+        self.module = model.float()  # master weights
+        self.max_grad_norm = max_grad_norm
+        self.compute_dtype = compute_dtype
+        self.device = next(model.parameters()).device
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        self.scheduler = LambdaLR(self.optimizer, schedule)
+
+    def autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def begin_micro_batch(self) -> None:
+        """Called before each micro-batch's forward pass (DeepSpeed counts micro-steps there)."""
+
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        """Accumulate the gradient of `loss`; `last`: the minibatch's last micro-batch (DeepSpeed reduces then)."""
+        loss.backward()
+
+    def step(self) -> float:
+        """Clip, take one optimizer step and one schedule step; returns the global gradient norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(norm)
+
+    def last_lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def full_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """The full weights, one tensor at a time, cast to `dtype` (what the rollout engine loads)."""
+        for name, t in self.module.state_dict().items():
+            yield name, t.detach().to(dtype)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_to(self, folder) -> None:
+        """States kept outside state_dict() (DeepSpeed's partitioned ones); none here."""
+
+    def load_from(self, folder) -> None:
+        pass
+
+    # ranks: a single process has nothing to share
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+class DeepSpeedTrainer(ModelTrainer):
+    """DeepSpeed ZeRO 0-3 with a torch optimizer (no compiled ops), fp32 or bf16 compute."""
+
+    def __init__(self, model, make_optimizer, schedule, max_grad_norm, compute_dtype, cfg: LearnerConfig):
+        import deepspeed
+
+        init_distributed()
+        bf16 = compute_dtype == torch.bfloat16
+        zero: dict = {"stage": cfg.zero_stage}
+        if cfg.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        if cfg.offload_params:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,  # we form micro-batches ourselves; these two only name the unit
+            "gradient_accumulation_steps": 1,  # the boundary is set per micro-batch (backward's `last`)
+            "gradient_clipping": max_grad_norm,
+            "zero_optimization": zero,
+            "bf16": {"enabled": bf16},
+            "zero_allow_untested_optimizer": True,  # a torch optimizer: no JIT-compiled FusedAdam/CPUAdam
+            "wall_clock_breakdown": False,
+            "steps_per_print": 2**31 - 1,
+        }
+        model = model.float()
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, schedule), config=ds_config
+        )
+        self.module = self.engine.module
+        self.compute_dtype, self.max_grad_norm = compute_dtype, max_grad_norm
+        self.zero_stage = cfg.zero_stage
+        self.device = self.engine.device
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+    def autocast(self):
+        return contextlib.nullcontext()  # DeepSpeed's bf16 mode holds bf16 weights itself
+
+    def zero_grad(self) -> None:
+        pass  # DeepSpeed zeroes after each step
+
+    def begin_micro_batch(self) -> None:
+        # What DeepSpeedEngine.forward does first: the learner calls the module's parts (trunk, head)
+        # itself, and without this ZeRO-3 counts every micro-batch as the first of its step and keeps
+        # only the last one's gradient instead of accumulating.
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+        if isinstance(self.optimizer, ZeROOptimizer):
+            self.optimizer.clear_backward_seen_flag()
+
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss * self.world_size)
+
+    def step(self) -> float:
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def full_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """Under ZeRO-3 each parameter is gathered from its shards, one at a time (a collective: every
+        rank must iterate); otherwise the module holds full weights."""
+        if self.zero_stage < 3:
+            yield from super().full_weights(dtype)
+            return
+        import deepspeed
+
+        for name, p in self.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p]):
+                t = p.detach().to(dtype).clone()
+            yield name, t
+
+    def state_dict(self) -> dict:
+        return {}  # partitioned over ranks: written by save_to
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save_to(self, folder) -> None:
+        """Optimizer, schedule and (fp32 master) weights as DeepSpeed writes them, every rank its shard."""
+        self.engine.save_checkpoint(str(folder), tag="state")
+
+    def load_from(self, folder) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder), tag="state", load_module_strict=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed learner state in {folder}")
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(t)
+        return t
+
+
+def init_distributed() -> None:
+    """torch.distributed for DeepSpeed: from a launcher's environment (torchrun, deepspeed), or a
+    single rank of its own; gloo on the CPU, NCCL on GPUs."""
+    import deepspeed
+
+    # DeepSpeed would JIT-compile a shared-memory op (about a minute) for CPU collectives
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if torch.distributed.is_initialized():
+        return
+    for key, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, default)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_trainer(model, make_optimizer, schedule, max_grad_norm, compute_dtype, cfg: LearnerConfig) -> ModelTrainer:
+    if cfg.backend == "deepspeed":
+        return DeepSpeedTrainer(model, make_optimizer, schedule, max_grad_norm, compute_dtype, cfg)
+    return ModelTrainer(model, make_optimizer, schedule, max_grad_norm, compute_dtype)
