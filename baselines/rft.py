@@ -44,25 +44,36 @@ def select_verified(rollouts: list[Rollout], scores: list[float], n: int, keep: 
     return out
 
 
-def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int, device) -> tuple[float, int]:
+def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int, device, trainer=None) -> tuple[float, int]:
     """Accumulate the gradient of the mean NLL over every completion token of `rollouts`
-    (micro-batches add up to one pass); returns (loss, tokens)."""
+    (micro-batches add up to one pass); returns (loss, tokens). `trainer` (rlvr.backends):
+    its precision and backward; lean logprobs (rlvr.logprobs) with it."""
+    from rlvr.logprobs import lean_logprobs
+
     total = sum(len(r.completion_ids) for r in rollouts)
     loss_sum = 0.0
     for start in range(0, len(rollouts), micro_batch_size):
         mb = make_batch(rollouts[start : start + micro_batch_size], pad_id).to(device)
-        logp = token_logprobs(response_logits(policy, mb), mb.response_ids)
+        if trainer is None:
+            logp = token_logprobs(response_logits(policy, mb), mb.response_ids)
+        else:
+            trainer.begin_micro_batch()
+            with trainer.autocast():
+                logp = lean_logprobs(policy, mb, 1.0, 1024, False)[0]
         loss = -(logp * mb.mask).sum() / total
-        loss.backward()
+        if trainer is None:
+            loss.backward()
+        else:
+            trainer.backward(loss, last=start + micro_batch_size >= len(rollouts))
         loss_sum += loss.item()
     return loss_sum, total
 
 
 def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict:
-    from rlvr.models import check_model, initial_model, load_policy, load_tokenizer
+    from rlvr.models import DTYPES, check_model, initial_model, learner_device, load_policy, load_tokenizer
     from rlvr.rollouts import Sampling, derive_seed, make_engine
     from rlvr.runlog import RunLogger
-    from rlvr.stages.lm import make_optimizer
+    from rlvr.stages.lm import make_trainer_for
     from rlvr.trainer import EvalSpec, Prompts, RunExistsError, evaluate, prepare_data, seed_everything
     from rlvr.data import PromptSampler, encode_prompts
     from rlvr.verifiers import VerifierPool
@@ -82,8 +93,8 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
     path = str(run_dir / f"round_{done}" / "policy") if done else init
     seed_everything(derive_seed(cfg.seed, done))
     tokenizer = load_tokenizer(path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(path, cfg.model.dtype).to(device)
+    device = learner_device()
+    policy = load_policy(path, "float32").to(device)  # float32 master weights; the engine gets model.dtype
     s, d = cfg.sampling, cfg.data
     train = Prompts(train_rows, encode_prompts(train_rows, tokenizer, d.max_prompt_tokens, "train"))
     heldout = Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, d.max_prompt_tokens, "eval"))
@@ -135,7 +146,7 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
             if kept:
                 data = [x for _, x in kept]
                 o = cfg.optim
-                opt, sched = make_optimizer(policy, o, o.steps)
+                trainer = make_trainer_for(policy, o, o.steps, cfg.model.dtype)  # a fresh optimizer each round
                 gen = torch.Generator().manual_seed(derive_seed(cfg.seed, r, 8))
                 order: list[int] = []
                 losses = []
@@ -144,15 +155,13 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
                     if len(order) < o.batch_size:
                         order += torch.randperm(len(data), generator=gen).tolist() * max(1, -(-o.batch_size // len(data)))
                     batch, order = [data[i] for i in order[: o.batch_size]], order[o.batch_size :]
-                    opt.zero_grad(set_to_none=True)
-                    loss, _ = sft_step(policy, batch, tokenizer.pad_token_id, o.micro_batch_size, device)
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), o.max_grad_norm)
-                    opt.step()
-                    sched.step()
+                    trainer.zero_grad()
+                    loss, _ = sft_step(policy, batch, tokenizer.pad_token_id, o.micro_batch_size, device, trainer)
+                    trainer.step()
                     losses.append(loss)
                 policy.eval()
                 m["loss/sft_first"], m["loss/sft_last"] = losses[0], losses[-1]
-                engine.load_weights(policy.state_dict().items())
+                engine.load_weights(trainer.full_weights(DTYPES[cfg.model.dtype]))
             else:
                 print(f"[{cfg.name} seed {cfg.seed}] round {r}: no sample passed; the model is unchanged", file=sys.stderr)
             m["time/finetune_s"] = time.perf_counter() - t

@@ -47,9 +47,14 @@ class ModelTrainer:
         self.scheduler = LambdaLR(self.optimizer, schedule)
 
     def autocast(self):
-        if self.compute_dtype == torch.float32:
+        return self.autocast_for(self.module, self.compute_dtype)
+
+    @staticmethod
+    def autocast_for(model: torch.nn.Module, compute_dtype: torch.dtype):
+        """The context a float32 `model` computes in at `compute_dtype`."""
+        if compute_dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        return torch.autocast(next(model.parameters()).device.type, dtype=compute_dtype)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -75,6 +80,10 @@ class ModelTrainer:
         """The full weights, one tensor at a time, cast to `dtype` (what the rollout engine loads)."""
         for name, t in self.module.state_dict().items():
             yield name, t.detach().to(dtype)
+
+    def gathered_state(self) -> dict[str, torch.Tensor] | None:
+        """The full float32 weights where the module does not hold them (ZeRO-3), else None."""
+        return None
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
@@ -164,6 +173,9 @@ class DeepSpeedTrainer(ModelTrainer):
             with deepspeed.zero.GatheredParameters([p]):
                 t = p.detach().to(dtype).clone()
             yield name, t
+
+    def gathered_state(self) -> dict[str, torch.Tensor] | None:
+        return dict(self.full_weights(torch.float32)) if self.zero_stage == 3 else None
 
     def state_dict(self) -> dict:
         return {}  # partitioned over ranks: written by save_to

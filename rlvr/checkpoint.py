@@ -29,23 +29,23 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, policy, critic, tokenizer, trainer_state: dict, keep: int = 2, learner=None
+    run_dir: Path, step: int, policy, critic, tokenizer, trainer_state: dict, keep: int = 2,
+    policy_weights: dict | None = None, critic_weights: dict | None = None, save_extra=None,
 ) -> Path:
-    """`learner` (rlvr.learner.PPOLearner): the models' weights come from it (gathered from their
-    shards under ZeRO-3) and it writes what it keeps outside `trainer_state` (DeepSpeed's states)."""
+    """`*_weights`: full state dicts where the modules do not hold them (ZeRO-3 shards);
+    `save_extra(folder)`: writes what is kept outside `trainer_state` (DeepSpeed's states)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    weights = learner.full_weights if learner is not None else lambda which: None
-    policy.save_pretrained(tmp / "policy", state_dict=weights("policy"))
+    policy.save_pretrained(tmp / "policy", state_dict=policy_weights)
     tokenizer.save_pretrained(tmp / "policy")
     if critic is not None:
-        critic.save_pretrained(tmp / "critic", state_dict=weights("critic"))
-    if learner is not None:
-        learner.save_to(tmp)
+        critic.save_pretrained(tmp / "critic", state_dict=critic_weights)
+    if save_extra is not None:
+        save_extra(tmp)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
     if final.exists():
         shutil.rmtree(final)

@@ -484,6 +484,7 @@ class StageConfig(SeedRun):
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: StageTrainConfig = field(default_factory=StageTrainConfig)
     dpo: DPOOptions = field(default_factory=DPOOptions)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # backend and precision as in `rlvr train` (one rank)
     verify: VerifyConfig = field(default_factory=VerifyConfig)  # on-policy DPO pairs are scored as `rlvr train` scores rollouts
     verifier_files: tuple[str, ...] = ()  # local .py files that register extra verifiers
 

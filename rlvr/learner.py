@@ -186,6 +186,7 @@ class PPOLearner:
         # The learner computes on its models' device; what it returns (logprobs, values) is on the CPU.
         self.device = self.policy_trainer.device
         self.rank, self.world_size = self.policy_trainer.rank, self.policy_trainer.world_size
+        self.tokens_computed = 0  # positions passed through a model so far (padding included)
         self.ref = ref
         if ref is not None:
             ref.eval().requires_grad_(False).to(self.device)
@@ -208,7 +209,9 @@ class PPOLearner:
 
     def _micro_batch(self, batch: Batch, rows: list[int]) -> Batch:
         mb = batch.rows(torch.tensor(rows))
-        return (mb.trimmed() if self.cfg.max_tokens_per_micro_batch > 0 else mb).to(self.device)
+        mb = mb.trimmed() if self.cfg.max_tokens_per_micro_batch > 0 else mb
+        self.tokens_computed += mb.input_ids.numel()
+        return mb.to(self.device)
 
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -361,10 +364,7 @@ class PPOLearner:
     def full_weights(self, which: str) -> dict[str, torch.Tensor] | None:
         """`which` ("policy" or "critic") model's full float32 weights where its module does not hold
         them (ZeRO-3), else None (the module's own state dict is complete)."""
-        trainer = self.policy_trainer if which == "policy" else self.critic_trainer
-        if getattr(trainer, "zero_stage", 0) < 3:
-            return None
-        return dict(trainer.full_weights(torch.float32))
+        return (self.policy_trainer if which == "policy" else self.critic_trainer).gathered_state()
 
     def save_to(self, folder) -> None:
         self.policy_trainer.save_to(folder / "learner_policy")

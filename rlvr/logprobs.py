@@ -33,8 +33,7 @@ class HeadLogprobs(torch.autograd.Function):
         entropy = torch.empty_like(logp)
         with torch.no_grad(), torch.autocast(hidden_NH.device.type, enabled=False):
             for s in range(0, N, chunk):
-                z, lse = _chunk_logits(hidden_NH[s : s + chunk], w, temperature)
-                logp_all = z - lse[:, None]
+                logp_all = _chunk_logsoftmax(hidden_NH[s : s + chunk], w, temperature)  # [C, V], the only one held
                 logp[s : s + chunk] = logp_all.gather(-1, targets_N[s : s + chunk, None]).squeeze(-1)
                 entropy[s : s + chunk] = -(logp_all.exp() * logp_all).sum(-1)
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, entropy)
@@ -52,29 +51,35 @@ class HeadLogprobs(torch.autograd.Function):
         with torch.no_grad(), torch.autocast(hidden_NH.device.type, enabled=False):
             for s in range(0, hidden_NH.shape[0], ctx.chunk):
                 h = hidden_NH[s : s + ctx.chunk]
-                z, lse = _chunk_logits(h, w, ctx.temperature)
-                logp_all = z - lse[:, None]
-                p = logp_all.exp()
-                g = g_logp[s : s + ctx.chunk, None].float() if g_logp is not None else torch.zeros_like(lse)[:, None]
-                dz = -p * g
-                dz.scatter_add_(-1, targets_N[s : s + ctx.chunk, None], g)
+                logp_all = _chunk_logsoftmax(h, w, ctx.temperature)
+                dz = logp_all.exp()  # p; two [C, V] tensors at a time, the rest in place
+                g = g_logp[s : s + ctx.chunk, None].float() if g_logp is not None else torch.zeros_like(dz[:, :1])
                 if ctx.entropy_grad and g_entropy is not None:
-                    dz -= g_entropy[s : s + ctx.chunk, None].float() * p * (logp_all + entropy[s : s + ctx.chunk, None])
-                dz = (dz / ctx.temperature).to(h.dtype)
+                    # dH/dz = -p (log p + H): folded into logp_all, then into dz
+                    logp_all.add_(entropy[s : s + ctx.chunk, None]).mul_(g_entropy[s : s + ctx.chunk, None].float()).add_(g)
+                    dz.mul_(logp_all).neg_()
+                else:
+                    dz.mul_(-g)
+                del logp_all
+                dz.scatter_add_(-1, targets_N[s : s + ctx.chunk, None], g)  # d logp_t / dz = onehot(t) - p
+                if ctx.temperature != 1.0:
+                    dz.div_(ctx.temperature)
+                dz = dz.to(h.dtype)
                 if d_hidden is not None:
                     d_hidden[s : s + ctx.chunk] = dz @ w
                 if d_weight is not None:
-                    d_weight += (dz.T @ h).float()
+                    d_weight += (dz.mT @ h).float()
         if d_weight is not None:
             d_weight = d_weight.to(weight_VH.dtype)
         return d_hidden, d_weight, None, None, None, None
 
 
-def _chunk_logits(h_CH: torch.Tensor, w_VH: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_logsoftmax(h_CH: torch.Tensor, w_VH: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(h W^T / temperature) in float32, computed in place in one [C, V] tensor."""
     z = (h_CH @ w_VH.mT).float()
     if temperature != 1.0:
-        z = z / temperature
-    return z, torch.logsumexp(z, -1)
+        z.div_(temperature)
+    return z.sub_(torch.logsumexp(z, -1, keepdim=True))
 
 
 def head_logprobs(
@@ -110,6 +115,15 @@ def checkpointed_head_logprobs(head, hidden_NH, targets_N, temperature=1.0, chun
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def model_head_logprobs(model, hidden_NH, targets_N, temperature=1.0, chunk=1024, entropy_grad=False):
+    """`head_logprobs` with `model`'s LM head (through the module under ZeRO-3, whose partitioned
+    weight only the module's forward gathers)."""
+    head = model.get_output_embeddings()
+    if hasattr(head.weight, "ds_id"):
+        return checkpointed_head_logprobs(head, hidden_NH, targets_N, temperature, chunk, entropy_grad)
+    return head_logprobs(hidden_NH, head.weight, targets_N, temperature, chunk, entropy_grad)
+
+
 def check_lean_model(model: torch.nn.Module) -> None:
     """The lean path computes softmax(trunk(x) W^T): refuse models whose logits are anything else."""
     cfg = model.config
@@ -137,11 +151,7 @@ def response_hidden(model: torch.nn.Module, batch) -> tuple[torch.Tensor, torch.
 def lean_logprobs(model, batch, temperature: float, chunk: int, entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Logprobs and entropy of the response tokens, [B, T] float32 each, 0 off the mask."""
     hidden, targets = response_hidden(model, batch)
-    head = model.get_output_embeddings()
-    if hasattr(head.weight, "ds_id"):  # a ZeRO-3 partitioned weight: only the module's forward gathers it
-        logp_N, ent_N = checkpointed_head_logprobs(head, hidden, targets, temperature, chunk, entropy_grad)
-    else:
-        logp_N, ent_N = head_logprobs(hidden, head.weight, targets, temperature, chunk, entropy_grad)
+    logp_N, ent_N = model_head_logprobs(model, hidden, targets, temperature, chunk, entropy_grad)
     real = batch.mask.bool()
     logp = torch.zeros(batch.mask.shape, dtype=torch.float32, device=logp_N.device).masked_scatter(real, logp_N)
     entropy = torch.zeros_like(logp).masked_scatter(real, ent_N)

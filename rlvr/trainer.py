@@ -409,7 +409,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                         "monitor": monitor.state_dict(),
                     },
                     keep=cfg.train.keep_checkpoints,
-                    learner=learner,
+                    policy_weights=learner.full_weights("policy"),
+                    critic_weights=learner.full_weights("critic") if critic is not None else None,
+                    save_extra=learner.save_to,
                 )
     finally:
         log.close()

@@ -14,9 +14,10 @@ class HFEngine:
         from transformers import GenerationConfig
 
         from rlvr.chat import stop_token_ids
-        from rlvr.models import load_policy, load_tokenizer
+        from rlvr.models import learner_device, load_policy, load_tokenizer
 
-        self.model = load_policy(model_path, dtype).eval()
+        self.device = learner_device()  # the GPU when there is one
+        self.model = load_policy(model_path, dtype).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path)
         self.batch_size = batch_size
         self.eos_ids = set(stop_token_ids(model_path, self.tokenizer))
@@ -40,8 +41,8 @@ class HFEngine:
                 input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk])
                 attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
                 out = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attn,
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attn.to(self.device),
                     max_new_tokens=sampling.max_new_tokens,
                     do_sample=not greedy,
                     temperature=None if greedy else sampling.temperature,
@@ -54,8 +55,8 @@ class HFEngine:
                     return_dict_in_generate=True,
                 )
                 # the scores sampled from (logits / temperature, top-p applied), as log-probabilities
-                logp = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # [B*n, T, V]
-                new = out.sequences[:, width:]
+                logp = torch.stack(out.scores, dim=1).float().log_softmax(-1).cpu()  # [B*n, T, V]
+                new = out.sequences[:, width:].cpu()
                 for row in range(new.shape[0]):
                     tokens, reason = [], "length"
                     for t in new[row].tolist():

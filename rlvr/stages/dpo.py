@@ -28,15 +28,16 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from rlvr import checkpoint as ckpt
+from rlvr.backends import ModelTrainer
 from rlvr.chat import ChatFormatError, answer_example, check_messages, stop_token_ids
 from rlvr.config import StageConfig, to_yaml
 from rlvr.learner import make_batch, response_logits
-from rlvr.models import load_policy, load_tokenizer, num_params
+from rlvr.logprobs import check_lean_model, lean_logprobs
+from rlvr.models import DTYPES, learner_device, load_policy, load_tokenizer, num_params
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
-from rlvr.stages.lm import StageError, finish, make_optimizer, prepare_run, restore, stage_rows
+from rlvr.stages.lm import StageError, finish, prepare_run, restore, save, stage_rows, stage_trainer
 from rlvr.verifiers import STATUSES, VerifierResult
 
 
@@ -70,9 +71,15 @@ def sequence_logps(logp_PT: torch.Tensor, mask_PT: torch.Tensor, normalize: bool
     return total / mask_PT.sum(1).clamp(min=1) if normalize else total
 
 
-def sequence_logprobs(model, rollouts: list[Rollout], pad_id: int, normalize: bool) -> torch.Tensor:
+def sequence_logprobs(model, rollouts: list[Rollout], pad_id: int, normalize: bool, lean: bool = False) -> torch.Tensor:
+    """Each answer's summed (or, `normalize`, mean) token logprob; `lean`: the LM head only at answer
+    positions, in chunks (rlvr.logprobs)."""
     batch = make_batch(rollouts, pad_id).to(next(model.parameters()).device)
-    return sequence_logps(token_logprobs(response_logits(model, batch), batch.response_ids), batch.mask, normalize)
+    if lean:
+        logp = lean_logprobs(model, batch, 1.0, 1024, False)[0]
+    else:
+        logp = token_logprobs(response_logits(model, batch), batch.response_ids)
+    return sequence_logps(logp, batch.mask, normalize)
 
 
 # ------------------------------------------------------------------------------------ pairs
@@ -212,7 +219,7 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
     torch.manual_seed(cfg.seed)
     start_path = cfg.model.name_or_path
     tokenizer = load_tokenizer(start_path)
-    normalize = cfg.dpo.loss == "norm"
+    normalize, lean = cfg.dpo.loss == "norm", cfg.learner.lean_logprobs
 
     pairs_path, ref_path = run_dir / "pairs.jsonl", run_dir / "ref_logprobs.pt"
     pair_stats: dict[str, float] = {}
@@ -238,11 +245,14 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
     if ref_path.exists():
         ref = torch.load(ref_path)
     else:
-        ref_model = load_policy(start_path, cfg.model.dtype).eval()
-        with torch.no_grad():
+        ref_model = load_policy(start_path, "float32").to(learner_device()).eval()
+        if lean:
+            check_lean_model(ref_model)
+        autocast = ModelTrainer.autocast_for(ref_model, DTYPES[cfg.model.dtype])
+        with torch.no_grad(), autocast:
             ref = {
                 key: torch.cat([
-                    sequence_logprobs(ref_model, rollouts(key, range(s, min(s + micro, len(pairs)))), tokenizer.pad_token_id, normalize)
+                    sequence_logprobs(ref_model, rollouts(key, range(s, min(s + micro, len(pairs)))), tokenizer.pad_token_id, normalize, lean)
                     for s in range(0, len(pairs), micro)
                 ]).cpu()
                 for key in ("chosen_ids", "rejected_ids")
@@ -251,11 +261,12 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
         ref_path.with_suffix(".tmp").rename(ref_path)
         del ref_model
 
-    model = load_policy(str(last / "policy") if last else start_path, cfg.model.dtype).train()
+    model = load_policy(str(last / "policy") if last else start_path, "float32").to(learner_device()).train()
     o = cfg.optim
     steps = o.steps if o.steps > 0 else cfg.dpo.epochs * -(-len(pairs) // o.batch_size)
-    opt, sched = make_optimizer(model, o, steps)
-    step, history = restore(last, opt, sched, {"pairs": len(pairs), **pair_stats, "wall_s": 0.0, "last": {}})
+    trainer = stage_trainer(cfg, model, steps)
+    model = trainer.module
+    step, history = restore(last, trainer, {"pairs": len(pairs), **pair_stats, "wall_s": 0.0, "last": {}})
     log = RunLogger(run_dir, resume_step=step)
     if step == 0:
         log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
@@ -271,30 +282,29 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
         for step in bar:
             t = time.perf_counter()
             idx = batch_indices(len(pairs), min(o.batch_size, len(pairs)), step, cfg.seed)
-            opt.zero_grad(set_to_none=True)
+            trainer.zero_grad()
             sums: dict[str, float] = {}
             for s in range(0, len(idx), micro):
                 mb = idx[s : s + micro]
-                pc = sequence_logprobs(model, rollouts("chosen_ids", mb), tokenizer.pad_token_id, normalize)
-                pr = sequence_logprobs(model, rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize)
-                loss, stats = dpo_loss(pc, pr, ref["chosen_ids"][mb], ref["rejected_ids"][mb], cfg.dpo.beta)
+                trainer.begin_micro_batch()
+                with trainer.autocast():
+                    pc = sequence_logprobs(model, rollouts("chosen_ids", mb), tokenizer.pad_token_id, normalize, lean)
+                    pr = sequence_logprobs(model, rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize, lean)
+                loss, stats = dpo_loss(pc, pr, ref["chosen_ids"][mb].to(pc.device), ref["rejected_ids"][mb].to(pc.device), cfg.dpo.beta)
                 share = len(mb) / len(idx)
-                (loss * share).backward()
+                trainer.backward(loss * share, last=s + micro >= len(idx))
                 for k, v in {"loss/dpo": loss, **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * share
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-            opt.step()
-            sched.step()
+            gn = trainer.step()
             done = step + 1
-            m = {**sums, "optim/grad_norm": gn.item(), "optim/lr": sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t}
+            m = {**sums, "optim/grad_norm": gn, "optim/lr": trainer.last_lr(), "time/step_s": time.perf_counter() - t}
             history["last"] = sums
             history["wall_s"] = time.perf_counter() - t_run
             if done % cfg.train.log_every == 0 or done == steps:
                 log.scalars(done, m)
             bar.set_postfix(loss=f"{sums['loss/dpo']:.3f}", acc=f"{sums['rewards/accuracy']:.2f}")
             if done % cfg.train.checkpoint_every == 0 or done == steps:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}
-                ckpt.save_checkpoint(run_dir, done, model, None, tokenizer, state, keep=cfg.train.keep_checkpoints)
+                save(run_dir, done, model, tokenizer, trainer, history, cfg.train.keep_checkpoints)
     finally:
         log.close()
-    return finish(cfg, run_dir, model, tokenizer, {"stage": "dpo", **history})
+    return finish(cfg, run_dir, model, tokenizer, {"stage": "dpo", **history}, trainer.gathered_state())

@@ -14,6 +14,7 @@ Both: AdamW with warm-up and cosine (or linear) decay, token-level loss over the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -26,9 +27,11 @@ import torch
 
 from rlvr import checkpoint as ckpt
 from rlvr.chat import IGNORE, ChatFormatError, check_messages, sft_example, stop_token_ids
-from rlvr.config import StageConfig, to_yaml
+from rlvr.backends import ModelTrainer, make_trainer
+from rlvr.config import LearnerConfig, StageConfig, to_yaml
 from rlvr.learner import lr_lambda
-from rlvr.models import initial_model, load_policy, load_tokenizer, num_params
+from rlvr.logprobs import check_lean_model, model_head_logprobs
+from rlvr.models import DTYPES, initial_model, learner_device, load_policy, load_tokenizer, num_params
 from rlvr.rollouts import derive_seed
 from rlvr.runlog import RunLogger
 
@@ -179,21 +182,29 @@ def encode(cfg: StageConfig, mode: str, items: list, tokenizer, model_path: str)
 # ------------------------------------------------------------------------------------ model
 
 
-def lm_loss(model, rows: Rows) -> tuple[torch.Tensor, int]:
+def lm_loss(model, rows: Rows, lean: bool = False, chunk: int = 1024) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over target tokens, and the number of targets. No attention
-    mask: with positions that restart per example, attention stays within each example."""
-    logits = model(input_ids=rows.ids, position_ids=rows.positions, use_cache=False).logits[:, :-1].float()
-    targets = rows.labels[:, 1:]
+    mask: with positions that restart per example, attention stays within each example. `lean`:
+    the LM head only at target positions, in chunks (rlvr.logprobs), never [rows, L, V] logits."""
+    device = next(model.parameters()).device
+    ids, positions, targets = rows.ids.to(device), rows.positions.to(device), rows.labels[:, 1:].to(device)
+    if lean:
+        hidden = model.base_model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state[:, :-1]
+        real = targets != IGNORE
+        logp, _ = model_head_logprobs(model, hidden[real], targets[real], 1.0, chunk)
+        return -logp.sum(), int(real.sum())
+    logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits[:, :-1].float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
 
 @torch.no_grad()
-def eval_loss(model, rows: Rows, micro: int) -> float:
+def eval_loss(model, rows: Rows, micro: int, trainer: ModelTrainer | None = None, lean: bool = False) -> float:
     model.eval()
     total, n = 0.0, 0
     for s in range(0, len(rows), micro):
-        loss, k = lm_loss(model, rows.select(slice(s, s + micro)))
+        with trainer.autocast() if trainer is not None else contextlib.nullcontext():
+            loss, k = lm_loss(model, rows.select(slice(s, s + micro)), lean)
         total, n = total + loss.item(), n + k
     model.train()
     return total / max(n, 1)
@@ -214,21 +225,40 @@ def batch_indices(num_rows: int, batch_size: int, step: int, seed: int) -> np.nd
 # ------------------------------------------------------------------------------------ loop
 
 
-def make_optimizer(model, o, steps: int):
-    """AdamW and its warm-up + decay schedule over `steps` optimizer steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=o.adam_betas, weight_decay=o.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(o.lr_schedule, o.warmup_steps, steps))
+def make_trainer_for(model, o, steps: int, dtype: str = "float32", learner: LearnerConfig | None = None) -> ModelTrainer:
+    """AdamW with its warm-up + decay schedule over `steps` optimizer steps, on the backend and in the
+    precision `rlvr train` uses (float32 master weights; `dtype` bfloat16: bf16 compute)."""
+    learner = learner or LearnerConfig()
+    if learner.world_size != 1:
+        raise StageError(f"learner.world_size {learner.world_size}: the stages run one learner rank")
+    if learner.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if learner.lean_logprobs:
+        check_lean_model(model)
+    make = lambda params: torch.optim.AdamW(params, lr=o.lr, betas=o.adam_betas, weight_decay=o.weight_decay)  # noqa: E731
+    return make_trainer(model, make, lr_lambda(o.lr_schedule, o.warmup_steps, steps), o.max_grad_norm, DTYPES[dtype], learner)
 
 
-def restore(last: Path | None, opt, sched, history: dict) -> tuple[int, dict]:
+def stage_trainer(cfg: StageConfig, model, steps: int) -> ModelTrainer:
+    return make_trainer_for(model, cfg.optim, steps, cfg.model.dtype, cfg.learner)
+
+
+def restore(last: Path | None, trainer: ModelTrainer, history: dict) -> tuple[int, dict]:
     """(step, history) from checkpoint `last` (optimizer, schedule and RNG restored), or (0, history)."""
     if last is None:
         return 0, history
     state = ckpt.load_trainer_state(last)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    trainer.load_state_dict({"optimizer": state.get("optimizer"), "scheduler": state.get("scheduler")})
+    trainer.load_from(last / "learner")
     ckpt.set_rng_state(state["rng"])
     return state["step"], state["history"]
+
+
+def save(run_dir: Path, done: int, model, tokenizer, trainer: ModelTrainer, history: dict, keep: int) -> None:
+    ckpt.save_checkpoint(
+        run_dir, done, model, None, tokenizer, {**trainer.state_dict(), "history": history}, keep=keep,
+        policy_weights=trainer.gathered_state(), save_extra=lambda folder: trainer.save_to(folder / "learner"),
+    )
 
 
 def prepare_run(cfg: StageConfig, resume: bool) -> Path | None:
@@ -251,14 +281,16 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
     init = initial_model(cfg, run_dir, tok_text)
     model_path = str(last / "policy") if last else init
     tokenizer = load_tokenizer(model_path)
-    model = load_policy(model_path, cfg.model.dtype)
+    model = load_policy(model_path, "float32").to(learner_device())
     model.train()
     train_rows = encode(cfg, mode, train_items, tokenizer, init)
     eval_rows = encode(cfg, mode, eval_items, tokenizer, init) if eval_items else None
 
     o = cfg.optim
-    opt, sched = make_optimizer(model, o, o.steps)
-    step, history = restore(last, opt, sched, {"first_eval_loss": None, "last_eval_loss": None, "wall_s": 0.0})
+    trainer = stage_trainer(cfg, model, o.steps)
+    model, lean = trainer.module, cfg.learner.lean_logprobs
+    evaluate = lambda: eval_loss(model, eval_rows, o.micro_batch_size, trainer, lean)  # noqa: E731
+    step, history = restore(last, trainer, {"first_eval_loss": None, "last_eval_loss": None, "wall_s": 0.0})
     log = RunLogger(run_dir, resume_step=step)
     t_run = time.perf_counter() - history["wall_s"]
     if step == 0:
@@ -266,7 +298,7 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
         first = {"model/params": num_params(model), "data/train_rows": len(train_rows), "data/truncated": train_rows.truncated}
         first["data/fill"] = float((train_rows.labels != IGNORE).float().mean())  # share of row positions that are targets
         if eval_rows is not None:
-            history["first_eval_loss"] = history["last_eval_loss"] = eval_loss(model, eval_rows, o.micro_batch_size)
+            history["first_eval_loss"] = history["last_eval_loss"] = evaluate()
             first["loss/eval"] = history["first_eval_loss"]
         log.scalars(0, first)
         if train_rows.truncated:
@@ -281,38 +313,38 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
             t = time.perf_counter()
             idx = batch_indices(len(train_rows), o.batch_size, step, cfg.seed)
             n_targets = int((train_rows.labels[idx][:, 1:] != IGNORE).sum())
-            opt.zero_grad(set_to_none=True)
+            trainer.zero_grad()
             total = 0.0
             for s in range(0, len(idx), o.micro_batch_size):
-                loss, _ = lm_loss(model, train_rows.select(idx[s : s + o.micro_batch_size]))
-                (loss / max(n_targets, 1)).backward()
+                trainer.begin_micro_batch()
+                with trainer.autocast():
+                    loss, _ = lm_loss(model, train_rows.select(idx[s : s + o.micro_batch_size]), lean)
+                trainer.backward(loss / max(n_targets, 1), last=s + o.micro_batch_size >= len(idx))
                 total += loss.item()
-            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), o.max_grad_norm)
-            opt.step()
-            sched.step()
+            gn = trainer.step()
             done = step + 1
-            m = {"loss/train": total / max(n_targets, 1), "optim/grad_norm": gn.item(), "optim/lr": sched.get_last_lr()[0]}
+            m = {"loss/train": total / max(n_targets, 1), "optim/grad_norm": gn, "optim/lr": trainer.last_lr()}
             m["time/step_s"] = time.perf_counter() - t
             m["data/tokens_per_s"] = n_targets / m["time/step_s"]
             if eval_rows is not None and (done % cfg.train.eval_every == 0 or done == o.steps):
-                history["last_eval_loss"] = m["loss/eval"] = eval_loss(model, eval_rows, o.micro_batch_size)
+                history["last_eval_loss"] = m["loss/eval"] = evaluate()
             history["wall_s"] = time.perf_counter() - t_run
             if done % cfg.train.log_every == 0 or done == o.steps or "loss/eval" in m:
                 log.scalars(done, m)
             bar.set_postfix(loss=f"{m['loss/train']:.3f}", eval=f"{history['last_eval_loss'] or float('nan'):.3f}")
             if done % cfg.train.checkpoint_every == 0 or done == o.steps:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}
-                ckpt.save_checkpoint(run_dir, done, model, None, tokenizer, state, keep=cfg.train.keep_checkpoints)
+                save(run_dir, done, model, tokenizer, trainer, history, cfg.train.keep_checkpoints)
     finally:
         log.close()
-    return finish(cfg, run_dir, model, tokenizer, {"stage": mode, **history})
+    return finish(cfg, run_dir, model, tokenizer, {"stage": mode, **history}, trainer.gathered_state())
 
 
-def finish(cfg: StageConfig, run_dir: Path, model, tokenizer, summary: dict) -> dict:
-    """Write `<run_dir>/final/` (HF format, atomically) and summary.json."""
+def finish(cfg: StageConfig, run_dir: Path, model, tokenizer, summary: dict, weights: dict | None = None) -> dict:
+    """Write `<run_dir>/final/` (HF format, atomically; `weights`: the full state dict where the
+    module holds shards) and summary.json."""
     final, tmp = run_dir / "final", run_dir / ".tmp_final"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
