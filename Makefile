@@ -19,6 +19,7 @@ test-slow: venv  # the full baseline comparison, about 12 minutes (exit status 5
 bench: venv
 	$(PY) scripts/bench_rollouts.py
 	$(PY) scripts/bench_verifiers.py
+	$(PY) scripts/bench_learner.py
 
 # PPO and the critic-free baselines on the tiny task, 3 seeds each, then their comparison
 # (README "Baselines"); about 7 minutes on 2 cores.

@@ -123,3 +123,24 @@ def test_fp32_master_weights_keep_updates_that_bf16_rounds_away(tiny_model_dir):
         opt.step()
     changed = sum((pure.state_dict()[k] != init[k].to(torch.bfloat16)).sum().item() for k in init)
     assert changed < 0.05 * total
+
+
+def test_gpu_check_script_runs_on_the_cpu_at_small_shapes(tmp_path):
+    """scripts/gpu_check.py is run once on a GPU machine; here every section runs at small shapes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(repo / "scripts/gpu_check.py"), "--small", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert all("error" not in v for v in (result["env"], result["tiny_task"], result["stages"], *result["learner"])), json.dumps(result)[:3000]
+    assert result["tiny_task"]["greedy_after"] > result["tiny_task"]["greedy_before"]
+    runs = {(r["path"], r["backend"]): r for r in result["learner"]}
+    assert len(result["learner"]) == 7 and {"deepspeed-zero0", "deepspeed-zero3"} <= {b for _, b in runs}
+    old, new = runs[("old", "torch")], runs[("new", "torch")]
+    assert new["tokens_real"] == old["tokens_real"] and new["tokens_computed"] < old["tokens_computed"]
+    assert result["stages"]["sft_eval_loss"][1] < result["stages"]["sft_eval_loss"][0]
