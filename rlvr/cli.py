@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -48,6 +49,11 @@ def _config(args, overrides: list[str], cls_name: str = "Config"):
 def cmd_train(args, overrides: list[str]) -> int:
     if (cfg := _config(args, overrides)) is None:
         return 2
+    if cfg.learner.world_size > 1 and "WORLD_SIZE" not in os.environ:
+        # N learner ranks: the same command in N processes (rank 0 runs the loop, the others follow it)
+        flags = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.learner.world_size)]
+        return subprocess.run([*cmd, "-m", "rlvr.cli", "train", "--config", args.config, *flags, *overrides]).returncode
     from rlvr.data import DataError
     from rlvr.trainer import RunExistsError, print_summary, train
 
@@ -55,6 +61,8 @@ def cmd_train(args, overrides: list[str]) -> int:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     except (DataError, RunExistsError, FileNotFoundError) as e:
         return _fail(str(e))
+    if not summary:  # a learner rank other than 0
+        return 0
     print_summary(summary)
     print(f"run folder: {cfg.run_dir}", file=sys.stderr)
     return 0

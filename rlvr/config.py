@@ -109,7 +109,7 @@ class LearnerConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (backend deepspeed)
     offload_optimizer: bool = False  # DeepSpeed: optimizer states in CPU memory (ZeRO 1-3)
     offload_params: bool = False  # DeepSpeed: parameters in CPU memory (ZeRO 3)
-    world_size: int = 1  # learner ranks (backend deepspeed); each takes its share of every minibatch
+    world_size: int = 1  # learner ranks (backend deepspeed; rlvr train launches them); each takes its share of every minibatch
     lean_logprobs: bool = True  # logprobs and entropy only at response positions, in chunks, recomputed in the backward pass
     logprob_chunk_tokens: int = 1024  # tokens per chunk of [chunk, vocab] logits (lean_logprobs)
     gradient_checkpointing: bool = False  # recompute the transformer layers in the backward pass

@@ -254,6 +254,13 @@ class PPOLearner:
         with self.policy_trainer.autocast():
             return self._score(batch, lambda mb: self.token_logprobs(model, mb, False)[0] * mb.mask)
 
+    def scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The rollouts' old logprobs, reference logprobs (None without a reference) and values (None
+        without a critic), [B, T] each."""
+        old = self.logprobs(self.policy, batch)
+        ref = self.logprobs(self.ref, batch) if self.ref is not None else None
+        return old, ref, self.values(batch) if self.critic is not None else None
+
     def values(self, batch: Batch) -> torch.Tensor:
         self.critic.eval()
         with self.critic_trainer.autocast():
@@ -396,3 +403,64 @@ class PPOLearner:
 
 def _acc(d: dict[str, float], key: str, value: float) -> None:
     d[key] = d.get(key, 0.0) + value
+
+
+# ------------------------------------------------------------------------------ several ranks
+# `rlvr train` over N ranks: rank 0 runs the loop (engine, verifiers, logging) and calls the
+# learner through `RankMirror`, which first broadcasts each collective call (its name and
+# arguments) to the other ranks; they wait in `follow`, make the same call on their own learner,
+# and so take their share of every forward, backward, gather and checkpoint.
+
+_MIRRORED = {"scores", "update", "policy_weights", "full_weights", "save_to", "load_from", "load_state_dict"}
+
+
+class RankMirror:
+    def __init__(self, learner: PPOLearner):
+        self.learner = learner
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.learner, name)
+        if self.learner.world_size == 1 or name not in _MIRRORED:
+            return fn
+
+        def call(*args, **kwargs):
+            _send((name, args, {k: _portable(v) for k, v in kwargs.items()}))
+            return fn(*args, **kwargs)
+
+        return call
+
+    def stop(self) -> None:
+        if self.learner.world_size > 1:
+            _send(("stop", (), {}))
+
+
+def follow(learner: PPOLearner) -> None:
+    """Ranks 1..N-1: mirror rank 0's learner calls until it stops."""
+    while True:
+        box = [None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        name, args, kwargs = box[0]
+        if name == "stop":
+            return
+        kwargs = {k: _restore(v) for k, v in kwargs.items()}
+        out = getattr(learner, name)(*args, **kwargs)
+        if name == "policy_weights":
+            for _ in out:  # a gather per tensor under ZeRO-3: every rank iterates
+                pass
+
+
+def _send(message) -> None:
+    torch.distributed.broadcast_object_list([message], src=0)
+
+
+def _portable(v):
+    # a generator travels as its state; rank 0 keeps drawing from its own, the others from a copy in the same state
+    return ("__generator__", v.get_state()) if isinstance(v, torch.Generator) else v
+
+
+def _restore(v):
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "__generator__":
+        g = torch.Generator()
+        g.set_state(v[1])
+        return g
+    return v

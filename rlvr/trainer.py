@@ -17,6 +17,7 @@ metrics.jsonl, checkpoints/step_<n>/ and summary.json.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from rlvr.baselines import compute_advantages, get_baseline
 from rlvr.baselines.dapo import informative_groups, overlong_penalty
 from rlvr.config import Config, ConfigError, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
-from rlvr.learner import PPOLearner, make_batch
+from rlvr.learner import PPOLearner, RankMirror, follow, make_batch
 from rlvr.monitors import Monitor
 from rlvr.models import DTYPES, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
@@ -186,24 +187,42 @@ def evaluate(engine, scorer: VerifierPool, prompts: Prompts, spec: EvalSpec, ste
     return metrics, samples
 
 
+def start_ranks(cfg: Config) -> int:
+    """This process's learner rank (0 without several). `learner.world_size` N > 1 needs N processes
+    launched by `rlvr train` itself or by torchrun/deepspeed (`-m rlvr.cli train ...`)."""
+    n = cfg.learner.world_size
+    if n == 1:
+        return 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != n:
+        raise ConfigError(
+            f"learner.world_size is {n} but this process was launched as one of {world}: start it with `rlvr train` "
+            f"(which launches the ranks) or `torchrun --nproc_per_node {n} -m rlvr.cli train ...`"
+        )
+    from rlvr.backends import init_distributed
+
+    init_distributed()
+    return torch.distributed.get_rank()
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) one seed of an experiment; returns the summary also written to summary.json."""
     run_dir = cfg.run_dir
+    rank = start_ranks(cfg)
     last = ckpt.latest_checkpoint(run_dir) if resume else None
-    if not resume and (run_dir / "config.yaml").exists():
-        raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+    if rank == 0:
+        if not resume and (run_dir / "config.yaml").exists():
+            raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+        train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        init_path = initial_model(cfg, run_dir, tokenizer_text)
     if cfg.learner.world_size > 1:
-        raise ConfigError(
-            f"learner.world_size {cfg.learner.world_size}: rlvr train runs one learner rank; several ranks run the "
-            "learner through rlvr.learner.PPOLearner under torchrun/deepspeed (tests/test_learner_ranks.py)"
-        )
-    train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        torch.distributed.barrier()  # rank 0 has checked the run and built the initial model
+        init_path = initial_model(cfg, run_dir, [])
     seed_everything(cfg.seed)
 
     # --- models: policy (and the engine) from the newest checkpoint, else the initial model
-    init_path = initial_model(cfg, run_dir, tokenizer_text)
     policy_path = str(last / "policy") if last else init_path
     tokenizer = load_tokenizer(policy_path)
     device = learner_device()
@@ -227,6 +246,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         learner=cfg.learner,
         compute_dtype=DTYPES[cfg.model.dtype],
     )
+    if rank > 0:
+        follow(learner)  # until rank 0 stops
+        return {}
+    learner = RankMirror(learner)
 
     train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))
     heldout = Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, cfg.data.max_prompt_tokens, "eval"))
@@ -309,9 +332,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 # 3. advantages: old/ref logprobs (and values), KL-shaped rewards, the baseline
                 t = time.perf_counter()
                 batch = make_batch(rollouts, tokenizer.pad_token_id)
-                old_logp = learner.logprobs(policy, batch)
-                ref_logp = learner.logprobs(ref, batch) if ref is not None else None
-                old_values = learner.values(batch) if critic is not None else None
+                old_logp, ref_logp, old_values = learner.scores(batch)
                 kl_BT = kl_fn(old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
                 in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
                 rewards_BT = token_rewards(col.rewards_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
@@ -414,6 +435,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                     save_extra=learner.save_to,
                 )
     finally:
+        learner.stop()
         log.close()
         engine.close()
         scorer.close()

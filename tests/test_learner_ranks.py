@@ -61,32 +61,42 @@ def test_deepspeed_ranks_give_the_torch_update(results, path, tiny_model_dir):
     assert max((ref["weights"][f"policy.{k}"] - v).abs().max().item() for k, v in init.items()) > 1e-3
 
 
-def test_rlvr_train_under_zero3_syncs_gathered_weights_and_resumes(tmp_path):
-    """`rlvr train` on DeepSpeed ZeRO-3 (one rank, transformers engine): after each update the engine
-    gets the weights gathered from their shards (its logprobs equal the learner's), checkpoints hold
-    full weights plus DeepSpeed's states, and a stopped run resumes from them."""
+def test_rlvr_train_on_two_zero3_ranks_equals_one_rank_and_resumes(tmp_path):
+    """`rlvr train` with learner.world_size 2 under ZeRO-3 (it launches its two ranks; rank 0 runs the
+    loop, the transformers engine and the verifiers): stopped at step 2 and resumed from the
+    checkpoint (full gathered weights plus each rank's DeepSpeed shard), it logs the rewards of the
+    same seed run on one rank and its losses within 1e-5; after every update the engine's logprobs
+    equal the learner's, so the weights gathered from the two ranks' shards reached it."""
     import json
 
     from numerics import LOGPROB_ATOL
 
     repo = HERE.parent
     args = [sys.executable, "-m", "rlvr.cli", "train", "--config", str(repo / "experiments/tiny/kinds.yaml"), "--no-progress",
-            "--output_dir", str(tmp_path), "--name", "z3", "--learner.backend", "deepspeed", "--learner.zero_stage", "3",
-            "--rollout.engine", "hf", "--train.steps", "4", "--train.eval_every", "2", "--train.checkpoint_every", "2",
-            "--ppo.max_tokens_per_micro_batch", "256"]
+            "--output_dir", str(tmp_path), "--learner.backend", "deepspeed", "--learner.zero_stage", "3",
+            "--rollout.engine", "hf", "--train.steps", "4", "--train.eval_every", "2", "--train.checkpoint_every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for extra in (["--train.stop_at", "2"], ["--resume"]):
+    for extra in (["--name", "one"], ["--name", "two", "--learner.world_size", "2", "--train.stop_at", "2"],
+                  ["--name", "two", "--learner.world_size", "2", "--resume"]):
         proc = subprocess.run([*args, *extra], env=env, capture_output=True, text=True, timeout=600, cwd=repo)
         assert proc.returncode == 0, proc.stderr[-4000:]
-    run = tmp_path / "z3" / "seed_0"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows if "rollout/sampler_logprob_diff" in r]
-    assert steps == [1, 2, 3, 4]
-    assert all(r["rollout/sampler_logprob_diff"] <= LOGPROB_ATOL for r in rows if "rollout/sampler_logprob_diff" in r)
-    ckpt = run / "checkpoints" / "step_4"
-    assert (ckpt / "learner_policy" / "state").is_dir() and (ckpt / "learner_critic" / "state").is_dir()
+
+    def steps(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r for r in rows if "loss/policy" in r}
+
+    one, two = steps("one"), steps("two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    for step in one:
+        assert two[step]["reward/mean"] == pytest.approx(one[step]["reward/mean"], abs=1e-6), step
+        for key in ("loss/policy", "loss/value", "policy/grad_norm"):
+            assert two[step][key] == pytest.approx(one[step][key], abs=1e-5), (step, key)
+        assert two[step]["rollout/sampler_logprob_diff"] <= LOGPROB_ATOL
+    ckpt = tmp_path / "two" / "seed_0" / "checkpoints" / "step_4"
+    shards = sorted(p.name for p in (ckpt / "learner_policy" / "state").glob("*optim_states.pt"))
+    assert len(shards) == 2 and (ckpt / "learner_critic" / "state").is_dir()
     from safetensors.torch import load_file
 
     weights = load_file(ckpt / "policy" / "model.safetensors")
     assert weights["model.embed_tokens.weight"].numel() > 0 and weights["model.embed_tokens.weight"].dtype == torch.float32
-    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+    assert json.loads((tmp_path / "two" / "seed_0" / "summary.json").read_text())["steps"] == 4
