@@ -123,6 +123,7 @@ class DeepSpeedTrainer(ModelTrainer):
             "zero_optimization": zero,
             "bf16": {"enabled": bf16},
             "zero_allow_untested_optimizer": True,  # a torch optimizer: no JIT-compiled FusedAdam/CPUAdam
+            "zero_force_ds_cpu_optimizer": False,  # offloaded: torch's AdamW steps the CPU copy
             "wall_clock_breakdown": False,
             "steps_per_print": 2**31 - 1,
         }

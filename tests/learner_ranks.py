@@ -1,7 +1,7 @@
 """One PPOLearner.update on a fixed batch, for tests/test_learner_ranks.py.
 
 Run under torchrun with 1 or 2 ranks: `torchrun --nproc_per_node 2 tests/learner_ranks.py MODEL OUT
-[zero stages...]`; for each ZeRO stage it runs the same update under DeepSpeed (SGD, float32,
+[zero stages...]` (3o: ZeRO 3 with offloading); for each ZeRO stage it runs the same update under DeepSpeed (SGD, float32,
 gloo) and rank 0 writes the statistics and the updated full weights to OUT/zero<stage>.pt. With
 `torch` in place of the stages it runs the plain torch backend in one process.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 
-def run(model_dir: str, backend: str, zero: int) -> dict:
+def run(model_dir: str, backend: str, zero: int, offload: bool = False) -> dict:
     from test_ppo_math import SGD_LR, _off_policy, _random_rollouts
 
     from rlvr.config import LearnerConfig, PPOConfig
@@ -29,7 +29,7 @@ def run(model_dir: str, backend: str, zero: int) -> dict:
     cfg = PPOConfig(num_minibatches=2, micro_batch_size=2, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01)
     learner = PPOLearner(
         policy, critic, ref, cfg, total_steps=1, pad_id=0, max_new_tokens=batch.mask.shape[1],
-        learner=LearnerConfig(backend=backend, zero_stage=zero), make_optimizer=lambda params, lr: torch.optim.SGD(params, lr=SGD_LR),
+        learner=LearnerConfig(backend=backend, zero_stage=zero, offload_optimizer=offload, offload_params=offload), make_optimizer=lambda params, lr: torch.optim.SGD(params, lr=SGD_LR),
     )
     old_logp = _off_policy(learner.logprobs(learner.policy, batch), batch.mask, seed=6)
     ref_logp = learner.logprobs(ref, batch)
@@ -44,6 +44,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     model_dir, out, stages = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     for stage in stages:
-        result = run(model_dir, "torch", 0) if stage == "torch" else run(model_dir, "deepspeed", int(stage))
+        # "torch": the torch backend; "2", "3": that ZeRO stage; "3o": ZeRO 3 with optimizer and parameters offloaded
+        result = run(model_dir, "torch", 0) if stage == "torch" else run(model_dir, "deepspeed", int(stage[0]), stage.endswith("o"))
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             torch.save(result, out / f"{'torch' if stage == 'torch' else 'zero' + stage}.pt")
