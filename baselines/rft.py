@@ -18,6 +18,8 @@ finished rounds. A round in which nothing passes leaves the model unchanged (and
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import shutil
 import sys
@@ -44,22 +46,20 @@ def select_verified(rollouts: list[Rollout], scores: list[float], n: int, keep: 
     return out
 
 
-def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int, device, trainer=None) -> tuple[float, int]:
+def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int, device, trainer=None, lean: bool = False) -> tuple[float, int]:
     """Accumulate the gradient of the mean NLL over every completion token of `rollouts`
-    (micro-batches add up to one pass); returns (loss, tokens). `trainer` (rlvr.backends):
-    its precision and backward; lean logprobs (rlvr.logprobs) with it."""
+    (micro-batches add up to one pass); returns (loss, tokens). `trainer` (rlvr.backends): its
+    precision and backward; `lean`: lean logprobs (rlvr.logprobs)."""
     from rlvr.logprobs import lean_logprobs
 
     total = sum(len(r.completion_ids) for r in rollouts)
     loss_sum = 0.0
     for start in range(0, len(rollouts), micro_batch_size):
         mb = make_batch(rollouts[start : start + micro_batch_size], pad_id).to(device)
-        if trainer is None:
-            logp = token_logprobs(response_logits(policy, mb), mb.response_ids)
-        else:
+        if trainer is not None:
             trainer.begin_micro_batch()
-            with trainer.autocast():
-                logp = lean_logprobs(policy, mb, 1.0, 1024, False)[0]
+        with trainer.autocast() if trainer is not None else contextlib.nullcontext():
+            logp = lean_logprobs(policy, mb, 1.0, 1024, False)[0] if lean else token_logprobs(response_logits(policy, mb), mb.response_ids)
         loss = -(logp * mb.mask).sum() / total
         if trainer is None:
             loss.backward()
@@ -146,7 +146,7 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
             if kept:
                 data = [x for _, x in kept]
                 o = cfg.optim
-                trainer = make_trainer_for(policy, o, o.steps, cfg.model.dtype)  # a fresh optimizer each round
+                trainer = make_trainer_for(policy, o, o.steps, cfg.model.dtype, cfg.learner)  # a fresh optimizer each round
                 gen = torch.Generator().manual_seed(derive_seed(cfg.seed, r, 8))
                 order: list[int] = []
                 losses = []
@@ -156,7 +156,7 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
                         order += torch.randperm(len(data), generator=gen).tolist() * max(1, -(-o.batch_size // len(data)))
                     batch, order = [data[i] for i in order[: o.batch_size]], order[o.batch_size :]
                     trainer.zero_grad()
-                    loss, _ = sft_step(policy, batch, tokenizer.pad_token_id, o.micro_batch_size, device, trainer)
+                    loss, _ = sft_step(policy, batch, tokenizer.pad_token_id, o.micro_batch_size, device, trainer, cfg.learner.lean_logprobs)
                     trainer.step()
                     losses.append(loss)
                 policy.eval()

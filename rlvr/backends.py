@@ -111,7 +111,11 @@ class DeepSpeedTrainer(ModelTrainer):
 
         init_distributed()
         bf16 = compute_dtype == torch.bfloat16
-        zero: dict = {"stage": cfg.zero_stage}
+        if bf16 and cfg.zero_stage < 2:
+            # DeepSpeed's bf16 optimizer at stages 0-1 clears its low-precision gradients in hooks that
+            # DeepSpeedEngine.forward registers; the learner calls the model's parts itself (lean logprobs)
+            raise ValueError("learner.backend deepspeed computes in bfloat16 at learner.zero_stage 2 or 3 only (or use backend torch)")
+        zero: dict = {"stage": cfg.zero_stage, "stage3_param_persistence_threshold": cfg.zero3_persistence_threshold}
         if cfg.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
         if cfg.offload_params:
@@ -122,6 +126,7 @@ class DeepSpeedTrainer(ModelTrainer):
             "gradient_clipping": max_grad_norm,
             "zero_optimization": zero,
             "bf16": {"enabled": bf16},
+            **({"data_types": {"grad_accum_dtype": "fp32"}} if bf16 else {}),  # micro-batch gradients add up in fp32
             "zero_allow_untested_optimizer": True,  # a torch optimizer: no JIT-compiled FusedAdam/CPUAdam
             "zero_force_ds_cpu_optimizer": False,  # offloaded: torch's AdamW steps the CPU copy
             "wall_clock_breakdown": False,
@@ -158,9 +163,15 @@ class DeepSpeedTrainer(ModelTrainer):
         self.engine.backward(loss * self.world_size)
 
     def step(self) -> float:
+        before = None
+        if self.zero_stage == 0:  # DeepSpeed clips without keeping the norm there; the gradients are whole on every rank
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            before = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))) if grads else 0.0
         self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = self.engine.get_global_grad_norm() if before is None else before
+        if norm is None:
+            raise RuntimeError(f"DeepSpeed (ZeRO {self.zero_stage}) reported no gradient norm")
+        return float(norm)
 
     def full_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
         """Under ZeRO-3 each parameter is gathered from its shards, one at a time (a collective: every
@@ -176,7 +187,17 @@ class DeepSpeedTrainer(ModelTrainer):
             yield name, t
 
     def gathered_state(self) -> dict[str, torch.Tensor] | None:
-        return dict(self.full_weights(torch.float32)) if self.zero_stage == 3 else None
+        """The float32 master weights (the module holds bf16 copies in bf16 mode, shards under ZeRO-3),
+        gathered one parameter at a time into CPU memory (a collective: every rank calls it)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        if self.zero_stage < 3 and self.compute_dtype == torch.float32:
+            return None  # the module's own weights are the master weights
+        out = {}
+        for name, p in self.module.named_parameters():
+            full = safe_get_full_fp32_param(p)
+            out[name] = (full if full is not None else p.detach()).float().cpu()
+        return out if self.rank == 0 else {}
 
     def state_dict(self) -> dict:
         return {}  # partitioned over ranks: written by save_to

@@ -109,6 +109,7 @@ class LearnerConfig:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (backend deepspeed)
     offload_optimizer: bool = False  # DeepSpeed: optimizer states in CPU memory (ZeRO 1-3)
     offload_params: bool = False  # DeepSpeed: parameters in CPU memory (ZeRO 3)
+    zero3_persistence_threshold: int = 100000  # ZeRO 3: parameters with fewer elements stay whole on every rank (DeepSpeed's default)
     world_size: int = 1  # learner ranks (backend deepspeed; rlvr train launches them); each takes its share of every minibatch
     lean_logprobs: bool = True  # logprobs and entropy only at response positions, in chunks, recomputed in the backward pass
     logprob_chunk_tokens: int = 1024  # tokens per chunk of [chunk, vocab] logits (lean_logprobs)
@@ -567,7 +568,10 @@ class RFTConfig(SeedRun):
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     verifier_files: tuple[str, ...] = ()
     pass_threshold: float = 1.0  # a completion is kept when its score is >= this
+    learner: LearnerConfig = field(default_factory=LearnerConfig)  # precision and lean logprobs (backend torch: each round starts a fresh optimizer)
 
     def __post_init__(self):
+        if self.learner.backend != "torch":
+            raise ConfigError("rft fine-tunes each round with learner.backend torch")
         if self.rounds < 1 or self.keep_per_prompt < 1 or self.samples_per_prompt < 1:
             raise ConfigError("rounds, keep_per_prompt and samples_per_prompt must be at least 1")

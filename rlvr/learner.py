@@ -394,6 +394,9 @@ class PPOLearner:
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        deepspeed = self.lcfg.backend == "deepspeed"
+        if bool(state) == deepspeed:  # DeepSpeed keeps its states in save_to's folders, torch in `state`
+            raise ValueError(f"the checkpoint was written by another learner.backend than {self.lcfg.backend!r}: resume with the one it was written with")
         if not state:
             return
         self.policy_trainer.load_state_dict({"optimizer": state["policy_opt"], "scheduler": state["policy_sched"]})

@@ -27,13 +27,17 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 class HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, targets_N, temperature: float, chunk: int, entropy_grad: bool):
-        w = weight_VH.to(hidden_NH.dtype)
+        # the matmuls run in autocast's dtype when it is on (the residual stream, hence the hidden
+        # states, stays float32 under autocast), else in the hidden states' dtype
+        device = hidden_NH.device.type
+        ctx.compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_NH.dtype
+        h_all, w = hidden_NH.to(ctx.compute_dtype), weight_VH.to(ctx.compute_dtype)
         N = hidden_NH.shape[0]
         logp = torch.empty(N, dtype=torch.float32, device=hidden_NH.device)
         entropy = torch.empty_like(logp)
-        with torch.no_grad(), torch.autocast(hidden_NH.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(device, enabled=False):
             for s in range(0, N, chunk):
-                logp_all = _chunk_logsoftmax(hidden_NH[s : s + chunk], w, temperature)  # [C, V], the only one held
+                logp_all = _chunk_logsoftmax(h_all[s : s + chunk], w, temperature)  # [C, V], the only one held
                 logp[s : s + chunk] = logp_all.gather(-1, targets_N[s : s + chunk, None]).squeeze(-1)
                 entropy[s : s + chunk] = -(logp_all.exp() * logp_all).sum(-1)
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, entropy)
@@ -45,12 +49,12 @@ class HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp, g_entropy):
         hidden_NH, weight_VH, targets_N, entropy = ctx.saved_tensors
-        w = weight_VH.to(hidden_NH.dtype)
+        w = weight_VH.to(ctx.compute_dtype)
         d_hidden = torch.empty_like(hidden_NH) if ctx.needs_input_grad[0] else None
         d_weight = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if ctx.needs_input_grad[1] else None
         with torch.no_grad(), torch.autocast(hidden_NH.device.type, enabled=False):
             for s in range(0, hidden_NH.shape[0], ctx.chunk):
-                h = hidden_NH[s : s + ctx.chunk]
+                h = hidden_NH[s : s + ctx.chunk].to(ctx.compute_dtype)
                 logp_all = _chunk_logsoftmax(h, w, ctx.temperature)
                 dz = logp_all.exp()  # p; two [C, V] tensors at a time, the rest in place
                 g = g_logp[s : s + ctx.chunk, None].float() if g_logp is not None else torch.zeros_like(dz[:, :1])
@@ -66,7 +70,7 @@ class HeadLogprobs(torch.autograd.Function):
                     dz.div_(ctx.temperature)
                 dz = dz.to(h.dtype)
                 if d_hidden is not None:
-                    d_hidden[s : s + ctx.chunk] = dz @ w
+                    d_hidden[s : s + ctx.chunk] = (dz @ w).to(d_hidden.dtype)
                 if d_weight is not None:
                     d_weight += (dz.mT @ h).float()
         if d_weight is not None:
@@ -108,10 +112,15 @@ def checkpointed_head_logprobs(head, hidden_NH, targets_N, temperature=1.0, chun
         entropy = -(logp_all.exp() * logp_all).sum(-1)
         return logp_all.gather(-1, t[:, None]).squeeze(-1), entropy if entropy_grad else entropy.detach()
 
-    parts = [checkpoint(one, hidden_NH[s : s + chunk], targets_N[s : s + chunk], use_reentrant=False) for s in range(0, hidden_NH.shape[0], chunk)]
-    if not parts:
-        empty = hidden_NH.new_zeros(0, dtype=torch.float32)
-        return empty, empty
+    # Each call of the module gathers its weight (a collective): every rank makes the same number of
+    # calls, at least one (empty chunks where a rank has fewer tokens), so that ranks pair up and a
+    # micro-batch without response tokens still has a loss in the graph.
+    n = max(1, -(-hidden_NH.shape[0] // chunk))
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        count = torch.tensor([n], device=hidden_NH.device if hidden_NH.is_cuda else "cpu")
+        torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        n = int(count)
+    parts = [checkpoint(one, hidden_NH[i * chunk : (i + 1) * chunk], targets_N[i * chunk : (i + 1) * chunk], use_reentrant=False) for i in range(n)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

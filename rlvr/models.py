@@ -78,7 +78,8 @@ def save_tiny_model(cfg: TinyModelConfig, texts: Iterable[str], seed: int, out: 
 
 
 def num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    # ds_numel: a ZeRO-3 parameter's full size (its local tensor is a shard)
+    return sum(getattr(p, "ds_numel", p.numel()) for p in {id(p): p for p in model.parameters()}.values())
 
 
 def load_tokenizer(path: str):

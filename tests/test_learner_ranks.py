@@ -29,10 +29,12 @@ def _torchrun(nproc: int, model_dir: Path, out: Path, *stages: str) -> None:
 @pytest.fixture(scope="module")
 def results(tiny_model_dir, tmp_path_factory):
     one, two = tmp_path_factory.mktemp("rank1"), tmp_path_factory.mktemp("rank2")
-    _torchrun(1, tiny_model_dir, one, "torch", "2", "3")
-    _torchrun(2, tiny_model_dir, two, "2", "3", "3o")
+    _torchrun(1, tiny_model_dir, one, "torch", "0", "2", "3")
+    _torchrun(2, tiny_model_dir, two, "1", "2", "3", "3o")
     load = lambda p: torch.load(p, weights_only=False)  # noqa: E731
     return load(one / "torch.pt"), {
+        "1 rank, ZeRO 0": load(one / "zero0.pt"),
+        "2 ranks, ZeRO 1": load(two / "zero1.pt"),
         "1 rank, ZeRO 2": load(one / "zero2.pt"),
         "1 rank, ZeRO 3": load(one / "zero3.pt"),
         "2 ranks, ZeRO 2": load(two / "zero2.pt"),
@@ -42,7 +44,7 @@ def results(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "path", ["1 rank, ZeRO 2", "1 rank, ZeRO 3", "2 ranks, ZeRO 2", "2 ranks, ZeRO 3", "2 ranks, ZeRO 3, optimizer and parameters offloaded"]
+    "path", ["1 rank, ZeRO 0", "2 ranks, ZeRO 1", "1 rank, ZeRO 2", "1 rank, ZeRO 3", "2 ranks, ZeRO 2", "2 ranks, ZeRO 3", "2 ranks, ZeRO 3, optimizer and parameters offloaded"]
 )
 def test_deepspeed_ranks_give_the_torch_update(results, path, tiny_model_dir):
     ref, runs = results
