@@ -18,7 +18,6 @@ finished rounds. A round in which nothing passes leaves the model unchanged (and
 
 from __future__ import annotations
 
-import contextlib
 
 import json
 import shutil
@@ -46,20 +45,21 @@ def select_verified(rollouts: list[Rollout], scores: list[float], n: int, keep: 
     return out
 
 
+def _completion_logprobs(policy, mb, lean: bool) -> torch.Tensor:
+    from rlvr.logprobs import lean_logprobs
+
+    return lean_logprobs(policy, mb, 1.0, 1024, False)[0] if lean else token_logprobs(response_logits(policy, mb), mb.response_ids)
+
+
 def sft_step(policy, rollouts: list[Rollout], pad_id: int, micro_batch_size: int, device, trainer=None, lean: bool = False) -> tuple[float, int]:
     """Accumulate the gradient of the mean NLL over every completion token of `rollouts`
     (micro-batches add up to one pass); returns (loss, tokens). `trainer` (rlvr.backends): its
     precision and backward; `lean`: lean logprobs (rlvr.logprobs)."""
-    from rlvr.logprobs import lean_logprobs
-
     total = sum(len(r.completion_ids) for r in rollouts)
     loss_sum = 0.0
     for start in range(0, len(rollouts), micro_batch_size):
         mb = make_batch(rollouts[start : start + micro_batch_size], pad_id).to(device)
-        if trainer is not None:
-            trainer.begin_micro_batch()
-        with trainer.autocast() if trainer is not None else contextlib.nullcontext():
-            logp = lean_logprobs(policy, mb, 1.0, 1024, False)[0] if lean else token_logprobs(response_logits(policy, mb), mb.response_ids)
+        logp = trainer.call(_completion_logprobs, mb, lean) if trainer is not None else _completion_logprobs(policy, mb, lean)
         loss = -(logp * mb.mask).sum() / total
         if trainer is None:
             loss.backward()

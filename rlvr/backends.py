@@ -3,8 +3,15 @@
 The learner (rlvr.learner) computes losses; a `ModelTrainer` owns the model's optimizer,
 schedule, gradient clipping, precision and ranks:
 
-    trainer.backward(loss)   # gradients accumulate until step()
+    out = trainer.call(fn, *args)   # fn(model, *args) as the model's forward pass
+    trainer.backward(loss)          # gradients accumulate until step()
     grad_norm = trainer.step()
+
+Every forward pass that takes part in training goes through `call`: under DeepSpeed it runs
+inside DeepSpeedEngine.forward (a thin module whose forward calls `fn` on the model), so the
+hooks DeepSpeed installs there (micro-step counting, ZeRO-3 prefetching, its bf16 optimizer's
+gradient bookkeeping) see every pass, whatever part of the model `fn` uses (the lean logprobs
+call the trunk and the LM head separately).
 
 Precision (both backends): the weights the optimizer updates and its states are float32
 ("master weights"); with `model.dtype: bfloat16` the forward and backward passes compute in
@@ -49,6 +56,11 @@ class ModelTrainer:
     def autocast(self):
         return self.autocast_for(self.module, self.compute_dtype)
 
+    def call(self, fn, *args, **kwargs):
+        """fn(model, *args, **kwargs), computed in the trainer's precision."""
+        with self.autocast():
+            return fn(self.module, *args, **kwargs)
+
     @staticmethod
     def autocast_for(model: torch.nn.Module, compute_dtype: torch.dtype):
         """The context a float32 `model` computes in at `compute_dtype`."""
@@ -59,8 +71,6 @@ class ModelTrainer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def begin_micro_batch(self) -> None:
-        """Called before each micro-batch's forward pass (DeepSpeed counts micro-steps there)."""
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
         """Accumulate the gradient of `loss`; `last`: the minibatch's last micro-batch (DeepSpeed reduces then)."""
@@ -111,10 +121,8 @@ class DeepSpeedTrainer(ModelTrainer):
 
         init_distributed()
         bf16 = compute_dtype == torch.bfloat16
-        if bf16 and cfg.zero_stage < 2:
-            # DeepSpeed's bf16 optimizer at stages 0-1 clears its low-precision gradients in hooks that
-            # DeepSpeedEngine.forward registers; the learner calls the model's parts itself (lean logprobs)
-            raise ValueError("learner.backend deepspeed computes in bfloat16 at learner.zero_stage 2 or 3 only (or use backend torch)")
+        if bf16 and cfg.zero_stage == 0:
+            raise ValueError("DeepSpeed keeps bf16 runs' float32 master weights in its ZeRO optimizer: use learner.zero_stage 1-3 (or backend torch)")
         zero: dict = {"stage": cfg.zero_stage, "stage3_param_persistence_threshold": cfg.zero3_persistence_threshold}
         if cfg.offload_optimizer:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -135,9 +143,9 @@ class DeepSpeedTrainer(ModelTrainer):
         model = model.float()
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad])
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, schedule), config=ds_config
+            model=_Call(model), optimizer=optimizer, lr_scheduler=lambda opt: LambdaLR(opt, schedule), config=ds_config
         )
-        self.module = self.engine.module
+        self.module = self.engine.module.model
         self.compute_dtype, self.max_grad_norm = compute_dtype, max_grad_norm
         self.zero_stage = cfg.zero_stage
         self.device = self.engine.device
@@ -149,14 +157,8 @@ class DeepSpeedTrainer(ModelTrainer):
     def zero_grad(self) -> None:
         pass  # DeepSpeed zeroes after each step
 
-    def begin_micro_batch(self) -> None:
-        # What DeepSpeedEngine.forward does first: the learner calls the module's parts (trunk, head)
-        # itself, and without this ZeRO-3 counts every micro-batch as the first of its step and keeps
-        # only the last one's gradient instead of accumulating.
-        from deepspeed.runtime.base_optimizer import ZeROOptimizer
-
-        if isinstance(self.optimizer, ZeROOptimizer):
-            self.optimizer.clear_backward_seen_flag()
+    def call(self, fn, *args, **kwargs):
+        return self.engine(fn, *args, **kwargs)  # DeepSpeedEngine.forward -> _Call.forward -> fn(model, ...)
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
         self.engine.set_gradient_accumulation_boundary(last)
@@ -217,6 +219,18 @@ class DeepSpeedTrainer(ModelTrainer):
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(t)
         return t
+
+
+class _Call(torch.nn.Module):
+    """The module DeepSpeed wraps: its forward runs fn(model, ...) (its parameters are the model's,
+    named `model.<name>` in DeepSpeed's own checkpoints)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
 
 
 def init_distributed() -> None:

@@ -61,6 +61,11 @@ def cmd_train(args, overrides: list[str]) -> int:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     except (DataError, RunExistsError, FileNotFoundError) as e:
         return _fail(str(e))
+    finally:
+        import torch.distributed
+
+        if torch.distributed.is_initialized():  # several learner ranks: leave the group together
+            torch.distributed.destroy_process_group()
     if not summary:  # a learner rank other than 0
         return 0
     print_summary(summary)

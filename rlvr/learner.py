@@ -124,6 +124,11 @@ def plan_micro_batches(batch: Batch, rows: list[int], micro_batch_size: int, max
     return groups
 
 
+def _values(critic: torch.nn.Module, mb: Batch) -> torch.Tensor:
+    """The critic's value at each position that predicts a response token, [b, t] float32."""
+    return response_logits(critic, mb)[..., 0].float()
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     def f(step: int) -> float:
         if warmup > 0 and step < warmup:
@@ -251,8 +256,15 @@ class PPOLearner:
     def logprobs(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         """log pi(response token) under `model` at the sampling temperature: [B, T] float32 (0 on padding)."""
         model.eval()
-        with self.policy_trainer.autocast():
-            return self._score(batch, lambda mb: self.token_logprobs(model, mb, False)[0] * mb.mask)
+        if model is self.policy:
+            run = self.policy_trainer.call
+        else:  # the frozen reference: a plain module, in the policy's precision
+
+            def run(fn, *args):
+                with self.policy_trainer.autocast():
+                    return fn(model, *args)
+
+        return self._score(batch, lambda mb: run(self.token_logprobs, mb, False)[0] * mb.mask)
 
     def scores(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The rollouts' old logprobs, reference logprobs (None without a reference) and values (None
@@ -263,8 +275,7 @@ class PPOLearner:
 
     def values(self, batch: Batch) -> torch.Tensor:
         self.critic.eval()
-        with self.critic_trainer.autocast():
-            return self._score(batch, lambda mb: response_logits(self.critic, mb)[..., 0].float() * mb.mask)
+        return self._score(batch, lambda mb: self.critic_trainer.call(_values, mb) * mb.mask)
 
     # ---------------------------------------------------------------- update
 
@@ -322,9 +333,7 @@ class PPOLearner:
                     w = pick(weights) * float(real)
                     share = mb.mask.sum().item() / num_tokens if real else 0.0  # this micro-batch's weight in token means
                     if policy is not None:
-                        policy.begin_micro_batch()
-                        with policy.autocast():
-                            logp, entropy = self.token_logprobs(self.policy, mb, entropy_grad=cfg.entropy_coef != 0)
+                        logp, entropy = policy.call(self.token_logprobs, mb, cfg.entropy_coef != 0)
                         loss, pstats = clipped_policy_loss(logp, pick(old_logp_BT), pick(advantages_BT), mb.mask, cfg.clip_low, cfg.clip_high, w)
                         _acc(stats, "loss/policy", loss.item())
                         _acc(stats, "policy/entropy", masked_mean(entropy.detach(), mb.mask).item() * share)
@@ -338,9 +347,7 @@ class PPOLearner:
                             loss = loss + cfg.kl_coef * kl_loss
                         policy.backward(loss, last)
                     if critic is not None:
-                        critic.begin_micro_batch()
-                        with critic.autocast():
-                            values = response_logits(self.critic, mb)[..., 0].float()
+                        values = critic.call(_values, mb)
                         vloss, vstats = clipped_value_loss(values, pick(old_values_BT), pick(returns_BT), mb.mask, cfg.value_clip, num_tokens)
                         vloss = vloss * float(real)
                         critic.backward(cfg.vf_coef * vloss, last)

@@ -82,6 +82,12 @@ def sequence_logprobs(model, rollouts: list[Rollout], pad_id: int, normalize: bo
     return sequence_logps(logp, batch.mask, normalize)
 
 
+def pair_logprobs(model, chosen: list[Rollout], rejected: list[Rollout], pad_id: int, normalize: bool, lean: bool = False):
+    """`sequence_logprobs` of the chosen and of the rejected answers, in one forward pass of `model`."""
+    both = sequence_logprobs(model, chosen + rejected, pad_id, normalize, lean)
+    return both[: len(chosen)], both[len(chosen) :]
+
+
 # ------------------------------------------------------------------------------------ pairs
 
 
@@ -286,10 +292,7 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
             sums: dict[str, float] = {}
             for s in range(0, len(idx), micro):
                 mb = idx[s : s + micro]
-                trainer.begin_micro_batch()
-                with trainer.autocast():
-                    pc = sequence_logprobs(model, rollouts("chosen_ids", mb), tokenizer.pad_token_id, normalize, lean)
-                    pr = sequence_logprobs(model, rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize, lean)
+                pc, pr = trainer.call(pair_logprobs, rollouts("chosen_ids", mb), rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize, lean)
                 loss, stats = dpo_loss(pc, pr, ref["chosen_ids"][mb].to(pc.device), ref["rejected_ids"][mb].to(pc.device), cfg.dpo.beta)
                 share = len(mb) / len(idx)
                 trainer.backward(loss * share, last=s + micro >= len(idx))

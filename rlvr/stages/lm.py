@@ -14,7 +14,6 @@ Both: AdamW with warm-up and cosine (or linear) decay, token-level loss over the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -203,8 +202,8 @@ def eval_loss(model, rows: Rows, micro: int, trainer: ModelTrainer | None = None
     model.eval()
     total, n = 0.0, 0
     for s in range(0, len(rows), micro):
-        with trainer.autocast() if trainer is not None else contextlib.nullcontext():
-            loss, k = lm_loss(model, rows.select(slice(s, s + micro)), lean)
+        part = rows.select(slice(s, s + micro))
+        loss, k = trainer.call(lm_loss, part, lean) if trainer is not None else lm_loss(model, part, lean)
         total, n = total + loss.item(), n + k
     model.train()
     return total / max(n, 1)
@@ -316,9 +315,7 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
             trainer.zero_grad()
             total = 0.0
             for s in range(0, len(idx), o.micro_batch_size):
-                trainer.begin_micro_batch()
-                with trainer.autocast():
-                    loss, _ = lm_loss(model, train_rows.select(idx[s : s + o.micro_batch_size]), lean)
+                loss, _ = trainer.call(lm_loss, train_rows.select(idx[s : s + o.micro_batch_size]), lean)
                 trainer.backward(loss / max(n_targets, 1), last=s + o.micro_batch_size >= len(idx))
                 total += loss.item()
             gn = trainer.step()
