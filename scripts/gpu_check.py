@@ -97,7 +97,9 @@ def learner(small: bool) -> list:
     out = []
     deadline = time.perf_counter() + 300  # the whole check stays within about 6 minutes
     for run in LEARNER_RUNS:
-        spec = dict(shape_name=shape, dtype=dtype, budget_tokens=budget, micro_batch_size=8, **run)
+        # DeepSpeed's bf16 mode needs a ZeRO optimizer (its fp32 master weights live there): ZeRO 0 runs in float32
+        run_dtype = "float32" if run["backend"] == "deepspeed" and run["zero_stage"] == 0 else dtype
+        spec = dict(shape_name=shape, dtype=run_dtype, budget_tokens=budget, micro_batch_size=8, **run)
         if time.perf_counter() > deadline:
             out.append({**spec, "error": "skipped: the learner section's 300 s were spent"})
             continue

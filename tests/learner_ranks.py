@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 
-def run(model_dir: str, backend: str, zero: int, offload: bool = False) -> dict:
+def run(model_dir: str, backend: str, zero: int, offload: bool = False, dtype: torch.dtype = torch.float32) -> dict:
     from test_ppo_math import SGD_LR, _off_policy, _random_rollouts
 
     from rlvr.config import LearnerConfig, PPOConfig
@@ -29,7 +29,7 @@ def run(model_dir: str, backend: str, zero: int, offload: bool = False) -> dict:
     cfg = PPOConfig(num_minibatches=2, micro_batch_size=2, kl_penalty="loss", kl_estimator="k3", kl_coef=0.1, entropy_coef=0.01)
     learner = PPOLearner(
         policy, critic, ref, cfg, total_steps=1, pad_id=0, max_new_tokens=batch.mask.shape[1],
-        learner=LearnerConfig(backend=backend, zero_stage=zero, offload_optimizer=offload, offload_params=offload, zero3_persistence_threshold=0), make_optimizer=lambda params, lr: torch.optim.SGD(params, lr=SGD_LR),
+        learner=LearnerConfig(backend=backend, zero_stage=zero, offload_optimizer=offload, offload_params=offload, zero3_persistence_threshold=0), compute_dtype=dtype, make_optimizer=lambda params, lr: torch.optim.SGD(params, lr=SGD_LR),
     )
     old_logp = _off_policy(learner.logprobs(learner.policy, batch), batch.mask, seed=6)
     ref_logp = learner.logprobs(ref, batch)
@@ -46,6 +46,11 @@ if __name__ == "__main__":
     for stage in stages:
         # "torch": the torch backend; "0".."3": that ZeRO stage (under ZeRO 3 every parameter is partitioned,
         # persistence threshold 0, so every forward gathers); "3o": ZeRO 3 with optimizer and parameters offloaded
-        result = run(model_dir, "torch", 0) if stage == "torch" else run(model_dir, "deepspeed", int(stage[0]), stage.endswith("o"))
+        # "...bf16": computed in bfloat16 over float32 master weights
+        dtype = torch.bfloat16 if stage.endswith("bf16") else torch.float32
+        if stage.startswith("torch"):
+            result = run(model_dir, "torch", 0, dtype=dtype)
+        else:
+            result = run(model_dir, "deepspeed", int(stage[0]), stage[1:2] == "o", dtype)
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-            torch.save(result, out / f"{'torch' if stage == 'torch' else 'zero' + stage}.pt")
+            torch.save(result, out / f"{stage if stage.startswith('torch') else 'zero' + stage}.pt")

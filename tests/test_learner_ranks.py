@@ -29,10 +29,10 @@ def _torchrun(nproc: int, model_dir: Path, out: Path, *stages: str) -> None:
 @pytest.fixture(scope="module")
 def results(tiny_model_dir, tmp_path_factory):
     one, two = tmp_path_factory.mktemp("rank1"), tmp_path_factory.mktemp("rank2")
-    _torchrun(1, tiny_model_dir, one, "torch", "0", "2", "3")
-    _torchrun(2, tiny_model_dir, two, "1", "2", "3", "3o")
+    _torchrun(1, tiny_model_dir, one, "torch", "torchbf16", "0", "2", "3")
+    _torchrun(2, tiny_model_dir, two, "1", "2", "3", "3o", "1bf16", "3bf16")
     load = lambda p: torch.load(p, weights_only=False)  # noqa: E731
-    return load(one / "torch.pt"), {
+    return load(one / "torch.pt"), load(one / "torchbf16.pt"), load(two / "zero1bf16.pt"), load(two / "zero3bf16.pt"), {
         "1 rank, ZeRO 0": load(one / "zero0.pt"),
         "2 ranks, ZeRO 1": load(two / "zero1.pt"),
         "1 rank, ZeRO 2": load(one / "zero2.pt"),
@@ -47,7 +47,7 @@ def results(tiny_model_dir, tmp_path_factory):
     "path", ["1 rank, ZeRO 0", "2 ranks, ZeRO 1", "1 rank, ZeRO 2", "1 rank, ZeRO 3", "2 ranks, ZeRO 2", "2 ranks, ZeRO 3", "2 ranks, ZeRO 3, optimizer and parameters offloaded"]
 )
 def test_deepspeed_ranks_give_the_torch_update(results, path, tiny_model_dir):
-    ref, runs = results
+    ref, *_, runs = results
     got = runs[path]
     for key in ("old_logp", "ref_logp", "values"):
         torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=lambda m: f"{path} {key}: {m}")
@@ -64,6 +64,22 @@ def test_deepspeed_ranks_give_the_torch_update(results, path, tiny_model_dir):
 
     init = load_policy(tiny_model_dir).state_dict()
     assert max((ref["weights"][f"policy.{k}"] - v).abs().max().item() for k, v in init.items()) > 1e-3
+
+
+def test_bf16_on_two_deepspeed_ranks_gives_the_torch_backends_bf16_update(results):
+    """bf16 compute over float32 master weights: DeepSpeed's bf16 mode on 2 ranks (ZeRO 1 and 3) against
+    the torch backend's autocast on one. The forward passes round differently (DeepSpeed holds every
+    weight in bf16, norms included; autocast casts only matmul inputs), so they agree to bf16's
+    precision (unit roundoff 2^-8 = 3.9e-3): statistics within 1e-2 relative (measured up to 1.1e-3;
+    a lost or doubled micro-batch moves the gradient norm by 10-40%); weights within 2 bf16 ulps (the
+    engine gets bf16 copies, the torch backend's are float32) plus 2e-5 for the two SGD steps' bf16
+    gradient noise near zero (measured 4.6e-6; a lost micro-batch's update is lr x g ~ 1e-3)."""
+    _, ref, *bf16, _ = results
+    for got in bf16:
+        for key, value in ref["stats"].items():
+            assert got["stats"][key] == pytest.approx(value, rel=1e-2, abs=1e-5), key
+        for name, w in got["weights"].items():
+            torch.testing.assert_close(w, ref["weights"][name], rtol=2 * 2**-8, atol=2e-5, msg=lambda m: f"{name}: {m}")
 
 
 def test_rlvr_train_on_two_zero3_ranks_equals_one_rank_and_resumes(tmp_path):
