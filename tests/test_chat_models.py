@@ -281,7 +281,7 @@ run("dpo", "--config", f"{root}/dpo_policy.yaml")
 dpo = f"{out}/dpo_file/seed_0/final"
 run("train", "--config", "experiments/gsm8k/tulu3_ppo.yaml", "--model.name_or_path", dpo, "--rollout.temperature", "0.7",
     "--model.dtype", "float32", "--ppo.max_tokens_per_micro_batch", "512", *small_rl)  # float32: the sampler check is exact on a CPU
-run("train", "--config", "experiments/ifeval/tulu3_ppo.yaml", "--model.name_or_path", dpo, "--rollout.engine", "hf", *small_rl)
+run("train", "--config", "experiments/ifeval/tulu3_ppo.yaml", "--model.name_or_path", dpo, "--rollout.engine", "hf", "--model.dtype", "float32", *small_rl)
 run("bestofn", "--name", "bon", "--output_dir", out, "--model.name_or_path", dpo, "--data.eval", f"{root}/rl.jsonl",
     "--data.max_prompt_tokens", "640", "--num_prompts", "6", "--n", "4", "--k", "[1, 4]", "--sampling.max_new_tokens", "16",
     "--verifier_files", f"{root}/my_verifiers.py")
