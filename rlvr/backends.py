@@ -108,10 +108,6 @@ class ModelTrainer:
     def load_from(self, folder) -> None:
         pass
 
-    # ranks: a single process has nothing to share
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
 
 class DeepSpeedTrainer(ModelTrainer):
     """DeepSpeed ZeRO 0-3 with a torch optimizer (no compiled ops), fp32 or bf16 compute."""
@@ -215,10 +211,6 @@ class DeepSpeedTrainer(ModelTrainer):
         path, _ = self.engine.load_checkpoint(str(folder), tag="state", load_module_strict=True)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed learner state in {folder}")
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(t)
-        return t
 
 
 class _Call(torch.nn.Module):
