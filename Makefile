@@ -20,6 +20,7 @@ bench: venv
 	$(PY) scripts/bench_rollouts.py
 	$(PY) scripts/bench_verifiers.py
 	$(PY) scripts/bench_learner.py
+	$(PY) scripts/bench_actors.py
 
 # PPO and the critic-free baselines on the tiny task, 3 seeds each, then their comparison
 # (README "Baselines"); about 7 minutes on 2 cores.

@@ -55,12 +55,15 @@ def cmd_train(args, overrides: list[str]) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.learner.world_size)]
         return subprocess.run([*cmd, "-m", "rlvr.cli", "train", "--config", args.config, *flags, *overrides]).returncode
     from rlvr.data import DataError
+    from rlvr.rollouts.actors import EngineError
     from rlvr.trainer import RunExistsError, print_summary, train
 
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     except (DataError, RunExistsError, FileNotFoundError) as e:
         return _fail(str(e))
+    except EngineError as e:  # an engine actor died or missed its timeout: the checkpoints stand
+        return _fail(f"{e}\nresume from the newest checkpoint with: rlvr train --config {args.config} ... --resume")
     finally:
         import torch.distributed
 

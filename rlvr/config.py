@@ -71,7 +71,13 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature (> 0); the learner's logprobs, KL and entropy are of logits / temperature too
     top_p: float = 1.0  # must be 1: the learner does not reproduce a top-p truncated distribution (its ratios would be wrong)
     kv_cache_mb: int = 64  # vLLM KV cache size on the CPU
-    gpu_memory_utilization: float = 0.5  # vLLM on a GPU
+    gpu_memory_utilization: float = 0.5  # vLLM on a GPU (its share of each engine's GPU)
+    num_engines: int = 0  # N > 0: N engines as Ray actors, each a process of its own; 0: the engine in the trainer's process
+    engine_cpus: float = 1.0  # Ray CPUs reserved per engine actor (also its thread count)
+    engine_gpus: float = 0.0  # Ray GPUs per engine actor (a fraction shares a GPU, e.g. with the learner)
+    max_staleness: int = 0  # k > 0: engines generate the next steps while the learner updates, from weights at most k updates old
+    sync_transport: Literal["distributed", "object_store"] = "distributed"  # weights to the actors: a torch.distributed group (gloo; NCCL on GPUs) or Ray's object store
+    sync_timeout_s: float = 120.0  # a weight push (or the group's forming) that takes longer fails, naming the engine
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,17 @@ class Config(SeedRun):
                 f"rollout.top_p must be 1.0, got {r.top_p}: the learner's ratios and KL are of the untruncated distribution, "
                 "so top-p sampling would train on the wrong one"
             )
+        if r.num_engines < 0 or r.max_staleness < 0:
+            raise ConfigError("rollout.num_engines and rollout.max_staleness must not be negative")
+        if r.max_staleness > 0 and r.num_engines == 0:
+            raise ConfigError("rollout.max_staleness > 0 needs engine actors (rollout.num_engines >= 1): the in-process engine cannot generate while the learner updates")
+        if r.max_staleness > 0 and self.algo.tis_cap <= 0:
+            raise ConfigError(
+                "rollout.max_staleness > 0 trains on rollouts of older weights: set algo.tis_cap (e.g. 2.0) so that the "
+                "ratio is corrected against the sampler's logprobs"
+            )
+        if r.sync_timeout_s <= 0:
+            raise ConfigError(f"rollout.sync_timeout_s must be > 0, got {r.sync_timeout_s}")
         a, n = self.algo, self.rollout.samples_per_prompt
         group = a.baseline in ("grpo", "dr_grpo", "rloo")
         if (group or a.dynamic_sampling) and n < 2:
@@ -321,7 +338,9 @@ def _set_dotted(raw: dict, key: str, value: Any, cls: type) -> None:
 
 def _unknown(prefix: str, key: str, names) -> str:
     full = f"{prefix}.{key}" if prefix else key
-    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
+    # among near spellings, the one sharing most words (n_samples -> samples_per_prompt, not max_staleness)
+    close.sort(key=lambda name: -len(set(key.split("_")) & set(name.split("_"))))
     hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
     return f"unknown config key '{full}'{hint}"
 

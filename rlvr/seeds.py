@@ -98,6 +98,8 @@ def launch(
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    if cfg.rollout.num_engines > 0:  # the seeds' engine actors join this cluster (beside the seeds' own reservations)
+        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     # each seed's process limits its own OpenMP threads to the CPUs it reserved
     threads = str(max(1, int(cfg.resources.cpus)))
     task = ray.remote(num_cpus=cfg.resources.cpus, num_gpus=cfg.resources.gpus, max_retries=0)(_run_seed)

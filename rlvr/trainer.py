@@ -1,5 +1,6 @@
-"""The RLVR loop, top to bottom: sample prompts -> generate -> verify -> advantages ->
-PPO update -> sync weights -> log -> checkpoint.
+"""The RLVR loop, as the data flows: the actors produce scored rollout groups (generate ->
+verify), the learner turns them into an update (advantages -> PPO), the weights go back to the
+actors; then log, evaluate, checkpoint.
 
 What it keeps from Tulu 3 / open-instruct PPO: a separate critic initialised from the
 policy, GAE(gamma=1, lambda=0.95), whitened advantages, the verifier score as a sparse
@@ -7,8 +8,12 @@ reward on the last token, KL to a frozen reference either as k1 in the per-token
 or as an estimator in the loss, token-level loss aggregation. `algo.baseline` swaps the
 critic for a critic-free baseline (GRPO, Dr. GRPO, RLOO, REINFORCE++; no critic is built),
 and the DAPO options (dynamic sampling, overlong filter and penalty, loss aggregation) and
-truncated importance sampling are opt-in `algo.*` fields. What it drops (for now): several
-ranks (DeepSpeed), asynchronous generation, reward models.
+truncated importance sampling are opt-in `algo.*` fields.
+
+Where rollouts come from: the engine in this process (`rollout.num_engines: 0`), or N engine
+actors on Ray (`rlvr.rollouts.actors`); with `rollout.max_staleness: k > 0` they generate and
+verify the next steps while the learner updates (`rlvr.producer`). The learner is one process
+or several ranks (`learner.world_size`); rank 0 runs this loop.
 
 One run is one seed: `runs/<experiment>/seed_<k>/` holds config.yaml, TensorBoard events,
 metrics.jsonl, checkpoints/step_<n>/ and summary.json.
@@ -19,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +37,7 @@ from rlvr.config import Config, ConfigError, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, RankMirror, follow, make_batch
 from rlvr.monitors import Monitor
+from rlvr.producer import RolloutProducer
 from rlvr.models import DTYPES, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
@@ -61,24 +68,24 @@ class Collected:
     rounds: int  # generation rounds (more than 1 only with dynamic sampling)
     groups_seen: int
     groups_informative: int  # groups whose rewards were not all equal
+    timing: dict = field(default_factory=dict)  # generate_s, verify_s, tokens
 
 
-def collect_rollouts(generate, score, take, prompts_per_step: int, n: int, algo, max_new_tokens: int) -> Collected:
+def collect_rollouts(produce, take, prompts_per_step: int, n: int, algo, max_new_tokens: int) -> Collected:
     """Generate and verify `prompts_per_step` groups of n samples.
 
-    `take(k)` gives k prompt indices, `generate(indices, round)` their rollouts (prompt-major)
-    and rows, `score(rollouts, rows)` a ScoredBatch. With `algo.dynamic_sampling`, groups whose
-    rewards are all equal are dropped and new prompts are generated (at most
-    `algo.dynamic_sampling_rounds` rounds) until `prompts_per_step` groups remain; the batch
-    then never holds a zero-variance group, and may hold fewer groups if the rounds run out.
+    `take(k)` gives k prompt indices, `produce(indices, round)` their rollouts (prompt-major), rows
+    and ScoredBatch. With `algo.dynamic_sampling`, groups whose rewards are all equal are dropped
+    and new prompts are generated (at most `algo.dynamic_sampling_rounds` rounds) until
+    `prompts_per_step` groups remain; the batch then never holds a zero-variance group, and may
+    hold fewer groups if the rounds run out.
     """
     kept: list[tuple[list[Rollout], list[dict], torch.Tensor]] = []
     results, names = [], []
     rounds = seen = informative = 0
     while True:
         idx = take(prompts_per_step)
-        rollouts, rows = generate(idx, rounds)
-        scored = score(rollouts, rows)
+        rollouts, rows, scored = produce(idx, rounds)
         results += scored.results
         names += scored.verifier_names
         lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
@@ -205,8 +212,73 @@ def start_ranks(cfg: Config) -> int:
     return torch.distributed.get_rank()
 
 
+@dataclass
+class Run:
+    """What one seed's loop holds, built by `setup`."""
+
+    cfg: Config
+    tokenizer: object
+    policy: torch.nn.Module
+    critic: torch.nn.Module | None
+    ref: torch.nn.Module | None
+    learner: RankMirror
+    train: Prompts
+    heldout: Prompts
+    sampler: PromptSampler
+    shuffle: torch.Generator
+    monitor: Monitor
+    history: dict
+    start_step: int
+    end: int
+    policy_path: str
+    scorer: object = None
+    engine: object = None  # a RolloutEngine in this process, or EngineActors
+    log: RunLogger | None = None
+    version: int = 0  # the weights version the engines hold (the step of the last update pushed)
+    t_run: float = 0.0  # perf_counter at the run's start (resumed runs: moved back by the time already spent)
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) one seed of an experiment; returns the summary also written to summary.json."""
+    """Run (or resume) one seed of an experiment; returns the summary also written to summary.json.
+
+    Actors produce scored rollout groups, the learner turns them into an update, the weights go
+    back to the actors; then log, evaluate, checkpoint."""
+    run = setup(cfg, resume)
+    if run is None:  # a learner rank other than 0 has followed rank 0 to the end
+        return {}
+    producer = None
+    try:
+        start_actors(run)
+        if run.start_step == 0:
+            first_evaluation(run)
+        steps = range(run.start_step + 1, run.end + 1)
+        producer = RolloutProducer(lambda step: collect_step(run, step), steps, cfg.rollout.max_staleness, run.sampler, run.version)
+        bar = _progress(steps, progress, cfg)
+        for step in bar:
+            t0 = time.perf_counter()
+            col = producer.get(step)
+            m = {"time/wait_rollouts_s": time.perf_counter() - t0, **rollout_metrics(run, col, step)}
+            if col.rollouts:
+                m.update(learn(run, col, step))
+                m.update(push_weights(run, step))
+            else:
+                _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
+            run.version = step
+            producer.publish(step)
+            m["time/step_s"] = time.perf_counter() - t0
+            end_of_step(run, step, m, bar)
+            if step % cfg.train.checkpoint_every == 0 or step == run.end:
+                save(run, step, producer.sampler_state(step + 1))
+    finally:
+        if producer is not None:
+            producer.stop()
+        close(run)
+    return summarize(run)
+
+
+def setup(cfg: Config, resume: bool) -> Run | None:
+    """Data, models and the learner, restored from the newest checkpoint when resuming. Learner
+    ranks other than 0 follow rank 0's updates inside this call and get None."""
     run_dir = cfg.run_dir
     rank = start_ranks(cfg)
     last = ckpt.latest_checkpoint(run_dir) if resume else None
@@ -222,11 +294,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
         init_path = initial_model(cfg, run_dir, [])
     seed_everything(cfg.seed)
 
-    # --- models: policy (and the engine) from the newest checkpoint, else the initial model
+    # policy (and the engine) from the newest checkpoint, else the initial model; policy and critic
+    # as float32 master weights (the learner computes in model.dtype), the frozen reference in model.dtype
     policy_path = str(last / "policy") if last else init_path
     tokenizer = load_tokenizer(policy_path)
     device = learner_device()
-    # policy and critic as float32 master weights (the learner computes in model.dtype); the frozen reference in model.dtype
     policy = load_policy(policy_path, "float32").to(device)
     ref = load_policy(init_path, cfg.model.dtype).to(device) if cfg.ppo.kl_coef > 0 else None
     critic = None
@@ -248,212 +320,280 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     )
     if rank > 0:
         follow(learner)  # until rank 0 stops
-        return {}
-    learner = RankMirror(learner)
-
-    train_prompts = Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train"))
-    heldout = Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, cfg.data.max_prompt_tokens, "eval"))
-    sampler = PromptSampler(len(train_rows), cfg.seed)
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-
-    start_step = 0
-    history: dict = {"first_eval": None, "last_eval": None, "wall_s": 0.0}
-    monitor = Monitor(cfg.monitor)
+        return None
+    run = Run(
+        cfg,
+        tokenizer,
+        policy,
+        critic,
+        ref,
+        RankMirror(learner),
+        Prompts(train_rows, encode_prompts(train_rows, tokenizer, cfg.data.max_prompt_tokens, "train")),
+        Prompts(heldout_rows, encode_prompts(heldout_rows, tokenizer, cfg.data.max_prompt_tokens, "eval")),
+        PromptSampler(len(train_rows), cfg.seed),
+        torch.Generator().manual_seed(cfg.seed),
+        Monitor(cfg.monitor),
+        {"first_eval": None, "last_eval": None, "wall_s": 0.0},
+        0,
+        min(cfg.train.steps, cfg.train.stop_at) if cfg.train.stop_at > 0 else cfg.train.steps,
+        policy_path,
+    )
     if last:
         state = ckpt.load_trainer_state(last)
-        learner.load_state_dict(state["learner"])
-        learner.load_from(last)
-        sampler.load_state_dict(state["sampler"])
-        shuffle.set_state(state["shuffle"])
-        history = state["history"]
-        monitor.load_state_dict(state["monitor"])
-        start_step = state["step"]
+        run.learner.load_state_dict(state["learner"])
+        run.learner.load_from(last)
+        run.sampler.load_state_dict(state["sampler"])
+        run.shuffle.set_state(state["shuffle"])
+        run.history = state["history"]
+        run.monitor.load_state_dict(state["monitor"])
+        run.start_step = run.version = state["step"]
         ckpt.set_rng_state(state["rng"])
+    return run
 
-    scorer = VerifierPool(cfg.verify.workers, cfg.verify.timeout_s, cfg.verifier_files, cfg.verify.max_memory_mb)
-    engine = make_engine(
-        cfg.rollout.engine,
-        policy_path,
+
+def start_actors(run: Run) -> None:
+    """The verifier pool, the rollout engine(s) and the run's log."""
+    cfg, r = run.cfg, run.cfg.rollout
+    run.scorer = _Serial(VerifierPool(cfg.verify.workers, cfg.verify.timeout_s, cfg.verifier_files, cfg.verify.max_memory_mb))
+    kwargs = dict(
         dtype=cfg.model.dtype,
-        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-        kv_cache_mb=cfg.rollout.kv_cache_mb,
-        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
+        kv_cache_mb=r.kv_cache_mb,
+        gpu_memory_utilization=r.gpu_memory_utilization,
         seed=cfg.seed,
     )
-    log = RunLogger(run_dir, resume_step=start_step)
-    if start_step == 0:
-        log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
-        log.hparams(_flat(to_dict(cfg)), ["eval/heldout/greedy_pass_rate", "eval/heldout/sampled_pass_rate", "reward/mean"])
-    kl_fn = KL_ESTIMATORS[cfg.ppo.kl_estimator]
-    t_run = time.perf_counter() - history["wall_s"]
+    if r.num_engines == 0:
+        run.engine = make_engine(r.engine, run.policy_path, **kwargs)
+    else:
+        from rlvr.rollouts.actors import EngineActors
 
-    try:
-        if start_step == 0:
-            metrics, samples = evaluate(engine, scorer, heldout, EvalSpec.of(cfg), 0)
-            history["first_eval"] = history["last_eval"] = metrics
-            log.scalars(0, {"model/params": num_params(policy), **metrics})
-            log.text("eval/samples", "\n\n".join(samples), 0)
-        end = min(cfg.train.steps, cfg.train.stop_at) if cfg.train.stop_at > 0 else cfg.train.steps
-        bar = _progress(range(start_step + 1, end + 1), progress, cfg)
-        for step in bar:
-            m: dict[str, float] = {}
-            # 1-2. sample prompts, generate n completions each, verify (dynamic sampling: refill)
-            t = time.perf_counter()
-            n = cfg.rollout.samples_per_prompt
+        run.engine = EngineActors(
+            r.num_engines, r.engine, run.policy_path, kwargs, cpus=r.engine_cpus, gpus=r.engine_gpus,
+            transport=r.sync_transport, timeout_s=r.sync_timeout_s, label=f"{cfg.name}/seed_{cfg.seed}", version=run.version,
+        )
+    run.log = RunLogger(cfg.run_dir, resume_step=run.start_step)
+    run.t_run = time.perf_counter() - run.history["wall_s"]
 
-            timed = {"verify": 0.0, "tokens": 0}
 
-            def generate(idx: list[int], round_: int):
-                seed = derive_seed(cfg.seed, step) if round_ == 0 else derive_seed(cfg.seed, step, 1, round_)
-                sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed)
-                out = engine.generate([train_prompts.ids[i] for i in idx], sampling, n)
-                timed["tokens"] += sum(len(r.completion_ids) for r in out)
-                return out, [train_rows[i] for i in idx for _ in range(n)]
+def first_evaluation(run: Run) -> None:
+    cfg = run.cfg
+    run.log.text("config", "```yaml\n" + to_yaml(cfg) + "```", 0)
+    run.log.hparams(_flat(to_dict(cfg)), ["eval/heldout/greedy_pass_rate", "eval/heldout/sampled_pass_rate", "reward/mean"])
+    metrics, samples = evaluate(run.engine, run.scorer, run.heldout, EvalSpec.of(cfg), 0)
+    run.history["first_eval"] = run.history["last_eval"] = metrics
+    run.log.scalars(0, {"model/params": num_params(run.policy), **metrics})
+    run.log.text("eval/samples", "\n\n".join(samples), 0)
 
-            def score(rollouts, rows):
-                t0 = time.perf_counter()
-                out = scorer.score([r.text for r in rollouts], rows)
-                timed["verify"] += time.perf_counter() - t0
-                return out
 
-            col = collect_rollouts(generate, score, sampler.take, cfg.rollout.prompts_per_step, n, cfg.algo, cfg.rollout.max_new_tokens)
-            rollouts, scored = col.rollouts, col.scored
-            scores_B = torch.tensor(scored.scores, dtype=torch.float32)  # every sample generated this step
-            m["time/verify_s"] = timed["verify"]
-            m["time/generate_s"] = time.perf_counter() - t - timed["verify"]
-            m["rollout/tokens_per_s"] = timed["tokens"] / max(m["time/generate_s"], 1e-9)  # every round's samples
-            m["rollout/groups"] = len(rollouts) // n
-            m["rollout/informative_frac"] = col.groups_informative / max(col.groups_seen, 1)
-            if cfg.algo.dynamic_sampling:
-                m["rollout/dynamic_rounds"] = col.rounds
+def collect_step(run: Run, step: int) -> Collected:
+    """Step `step`'s rollout groups, generated and verified (by the producer, maybe ahead of the learner)."""
+    cfg, n = run.cfg, run.cfg.rollout.samples_per_prompt
+    timed = {"verify": 0.0, "tokens": 0}
+    t = time.perf_counter()
 
-            stats: dict[str, float] = {}
-            if rollouts:
-                # 3. advantages: old/ref logprobs (and values), KL-shaped rewards, the baseline
-                t = time.perf_counter()
-                batch = make_batch(rollouts, tokenizer.pad_token_id)
-                old_logp, ref_logp, old_values = learner.scores(batch)
-                kl_BT = kl_fn(old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
-                in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
-                rewards_BT = token_rewards(col.rewards_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
-                advantages, returns = compute_advantages(
-                    cfg.algo.baseline, rewards_BT, col.group_ids_B, old_values, batch.mask, cfg.ppo.gamma, cfg.ppo.lam
-                )
-                if cfg.ppo.whiten_advantages and critic is not None:
-                    advantages = masked_whiten(advantages, batch.mask)
-                sampler_lp = torch.zeros_like(batch.mask)
-                for i, r in enumerate(rollouts):
-                    sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
-                m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
-                m["policy/kl"] = masked_mean(kl_BT, batch.mask).item()
-                m["policy/kl_seq"] = kl_BT.sum(1).mean().item()
-                m["rollout/len_mean"] = batch.mask.sum(1).mean().item()
-                if critic is not None:
-                    m["value/mean"] = masked_mean(old_values, batch.mask).item()
-                    m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
-                m["advantage/mean"] = masked_mean(advantages, batch.mask).item()
-                m["advantage/abs_mean"] = masked_mean(advantages.abs(), batch.mask).item()
-                is_weights = None
-                if cfg.algo.tis_cap > 0:
-                    is_weights = tis_weights(old_logp, sampler_lp, batch.mask, cfg.algo.tis_cap)
-                    m["policy/tis_weight_mean"] = masked_mean(is_weights, batch.mask).item()
-                    m["policy/tis_capped_frac"] = masked_mean((old_logp - sampler_lp).exp().ge(cfg.algo.tis_cap).float(), batch.mask).item()
-                if cfg.algo.overlong_filter:
-                    # after the advantages: truncated samples still count in their group's statistics
-                    truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
-                    m["rollout/overlong_filtered_frac"] = truncated.float().mean().item()
-                    batch.mask = batch.mask * (~truncated).float()[:, None]
+    def score(rollouts, rows):
+        t0 = time.perf_counter()
+        out = run.scorer.score([r.text for r in rollouts], rows)
+        timed["verify"] += time.perf_counter() - t0
+        return out
 
-                # 4. PPO update
-                stats = learner.update(
-                    batch,
-                    advantages,
-                    returns,
-                    old_logp,
-                    old_values,
-                    ref_logp,
-                    train_policy=step > cfg.ppo.critic_warmup_steps,
-                    generator=shuffle,
-                    is_weights_BT=is_weights,
-                )
-                m["time/learn_s"] = time.perf_counter() - t
+    def produce(idx: list[int], round_: int):
+        seed = derive_seed(cfg.seed, step) if round_ == 0 else derive_seed(cfg.seed, step, 1, round_)
+        sampling = Sampling(cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, seed)
+        prompts = [run.train.ids[i] for i in idx]
+        rows = [run.train.rows[i] for i in idx for _ in range(n)]
+        if hasattr(run.engine, "submit"):  # engine actors: score each engine's groups as they arrive
+            parts = {}
+            for sl, out in run.engine.as_completed(run.engine.submit(prompts, sampling, n), f"step {step}"):
+                parts[sl.start] = (out, score(out, rows[sl.start * n : sl.stop * n]))
+            done = [parts[key] for key in sorted(parts)]
+            rollouts = [r for out, _ in done for r in out]
+            scored = ScoredBatch([x for _, sc in done for x in sc.results], [x for _, sc in done for x in sc.verifier_names])
+        else:
+            rollouts = run.engine.generate(prompts, sampling, n)
+            for r in rollouts:
+                r.policy_version = run.version
+            scored = score(rollouts, rows)
+        timed["tokens"] += sum(len(r.completion_ids) for r in rollouts)
+        return rollouts, rows, scored
 
-                # 5. sync the new weights into the engine
-                t = time.perf_counter()
-                engine.load_weights(learner.policy_weights(DTYPES[cfg.model.dtype]))
-                m["time/sync_s"] = time.perf_counter() - t
-            else:
-                _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
+    col = collect_rollouts(produce, run.sampler.take, cfg.rollout.prompts_per_step, n, cfg.algo, cfg.rollout.max_new_tokens)
+    col.timing = {"verify_s": timed["verify"], "generate_s": time.perf_counter() - t - timed["verify"], "tokens": timed["tokens"]}
+    return col
 
-            # 6. log
-            m.update(stats)
-            m.update(scored.metrics(cfg.train.pass_threshold))
-            m["reward/mean"] = scores_B.mean().item()
-            m["reward/std"] = scores_B.std().item() if len(scores_B) > 1 else 0.0
-            m["reward/pass_rate"] = (scores_B >= cfg.train.pass_threshold).float().mean().item()
-            if rollouts:
-                m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in rollouts) / len(rollouts)
-            if step % cfg.train.eval_every == 0 or step == end:
-                t = time.perf_counter()
-                metrics, samples = evaluate(engine, scorer, heldout, EvalSpec.of(cfg), step)
-                m["time/eval_s"] = time.perf_counter() - t
-                m.update(metrics)
-                history["last_eval"] = metrics
-                log.text("eval/samples", "\n\n".join(samples), step)
-            alerts, messages = monitor.check(m)
-            m.update(alerts)
-            for msg in messages:
-                _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: {msg}")
-            history["wall_s"] = time.perf_counter() - t_run
-            m["time/elapsed_s"] = history["wall_s"]
-            log.scalars(step, m)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    reward=f"{m['reward/mean']:.3f}",
-                    pass_rate=f"{m['reward/pass_rate']:.2f}",
-                    eval=f"{history['last_eval']['eval/heldout/greedy_pass_rate']:.2f}",
-                )
 
-            # 7. checkpoint
-            if step % cfg.train.checkpoint_every == 0 or step == end:
-                ckpt.save_checkpoint(
-                    run_dir,
-                    step,
-                    policy,
-                    critic,
-                    tokenizer,
-                    {
-                        "learner": learner.state_dict(),
-                        "sampler": sampler.state_dict(),
-                        "shuffle": shuffle.get_state(),
-                        "history": history,
-                        "monitor": monitor.state_dict(),
-                    },
-                    keep=cfg.train.keep_checkpoints,
-                    policy_weights=learner.full_weights("policy"),
-                    critic_weights=learner.full_weights("critic") if critic is not None else None,
-                    save_extra=learner.save_to,
-                )
-    finally:
-        learner.stop()
-        log.close()
-        engine.close()
-        scorer.close()
+def rollout_metrics(run: Run, col: Collected, step: int) -> dict[str, float]:
+    cfg, n = run.cfg, run.cfg.rollout.samples_per_prompt
+    scores_B = torch.tensor(col.scored.scores, dtype=torch.float32)  # every sample generated this step
+    m = {
+        "time/verify_s": col.timing["verify_s"],
+        "time/generate_s": col.timing["generate_s"],
+        "rollout/tokens_per_s": col.timing["tokens"] / max(col.timing["generate_s"], 1e-9),  # every round's samples
+        "rollout/groups": len(col.rollouts) // n,
+        "rollout/informative_frac": col.groups_informative / max(col.groups_seen, 1),
+        **col.scored.metrics(cfg.train.pass_threshold),
+        "reward/mean": scores_B.mean().item(),
+        "reward/std": scores_B.std().item() if len(scores_B) > 1 else 0.0,
+        "reward/pass_rate": (scores_B >= cfg.train.pass_threshold).float().mean().item(),
+    }
+    if cfg.algo.dynamic_sampling:
+        m["rollout/dynamic_rounds"] = col.rounds
+    if col.rollouts:
+        staleness = torch.tensor([step - 1 - r.policy_version for r in col.rollouts], dtype=torch.float32)
+        m["rollout/staleness_mean"] = staleness.mean().item()
+        m["rollout/staleness_max"] = staleness.max().item()
+        m["rollout/stop_frac"] = sum(r.finish_reason == "stop" for r in col.rollouts) / len(col.rollouts)
+    return m
 
+
+def learn(run: Run, col: Collected, step: int) -> dict[str, float]:
+    """Advantages (old/ref logprobs and values, KL-shaped rewards, the baseline), then the PPO update."""
+    cfg, ref, critic, learner = run.cfg, run.ref, run.critic, run.learner
+    t = time.perf_counter()
+    m: dict[str, float] = {}
+    rollouts = col.rollouts
+    batch = make_batch(rollouts, run.tokenizer.pad_token_id)
+    old_logp, ref_logp, old_values = learner.scores(batch)
+    kl_BT = KL_ESTIMATORS[cfg.ppo.kl_estimator](old_logp, ref_logp) * batch.mask if ref is not None else torch.zeros_like(batch.mask)
+    in_reward = cfg.ppo.kl_penalty == "reward" and ref is not None
+    rewards_BT = token_rewards(col.rewards_B, batch.mask, kl_BT if in_reward else None, cfg.ppo.kl_coef)
+    advantages, returns = compute_advantages(
+        cfg.algo.baseline, rewards_BT, col.group_ids_B, old_values, batch.mask, cfg.ppo.gamma, cfg.ppo.lam
+    )
+    if cfg.ppo.whiten_advantages and critic is not None:
+        advantages = masked_whiten(advantages, batch.mask)
+    sampler_lp = torch.zeros_like(batch.mask)
+    for i, r in enumerate(rollouts):
+        sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
+    m["rollout/sampler_logprob_diff"] = ((sampler_lp - old_logp).abs() * batch.mask).max().item()
+    m["policy/kl"] = masked_mean(kl_BT, batch.mask).item()
+    m["policy/kl_seq"] = kl_BT.sum(1).mean().item()
+    m["rollout/len_mean"] = batch.mask.sum(1).mean().item()
+    if critic is not None:
+        m["value/mean"] = masked_mean(old_values, batch.mask).item()
+        m["value/returns_mean"] = masked_mean(returns, batch.mask).item()
+    m["advantage/mean"] = masked_mean(advantages, batch.mask).item()
+    m["advantage/abs_mean"] = masked_mean(advantages.abs(), batch.mask).item()
+    is_weights = None
+    if cfg.algo.tis_cap > 0:  # the off-policy correction against the sampler (stale weights, engine numerics)
+        is_weights = tis_weights(old_logp, sampler_lp, batch.mask, cfg.algo.tis_cap)
+        m["policy/tis_weight_mean"] = masked_mean(is_weights, batch.mask).item()
+        m["policy/tis_capped_frac"] = masked_mean((old_logp - sampler_lp).exp().ge(cfg.algo.tis_cap).float(), batch.mask).item()
+    if cfg.algo.overlong_filter:
+        # after the advantages: truncated samples still count in their group's statistics
+        truncated = torch.tensor([r.finish_reason == "length" for r in rollouts])
+        m["rollout/overlong_filtered_frac"] = truncated.float().mean().item()
+        batch.mask = batch.mask * (~truncated).float()[:, None]
+    stats = learner.update(
+        batch,
+        advantages,
+        returns,
+        old_logp,
+        old_values,
+        ref_logp,
+        train_policy=step > cfg.ppo.critic_warmup_steps,
+        generator=run.shuffle,
+        is_weights_BT=is_weights,
+    )
+    m["time/learn_s"] = time.perf_counter() - t
+    return {**m, **stats}
+
+
+def push_weights(run: Run, step: int) -> dict[str, float]:
+    """The updated policy into the rollout engine(s), as version `step`."""
+    t = time.perf_counter()
+    weights = run.learner.policy_weights(DTYPES[run.cfg.model.dtype])
+    if hasattr(run.engine, "push"):
+        sent = run.engine.push(weights, step)
+        return {"time/sync_s": sent["seconds"], "sync/bytes_per_s": sent["bytes"] / max(sent["seconds"], 1e-9)}
+    run.engine.load_weights(weights)
+    return {"time/sync_s": time.perf_counter() - t}
+
+
+def end_of_step(run: Run, step: int, m: dict[str, float], bar) -> None:
+    """Held-out evaluation when due, monitors, the step's log line and the progress bar."""
+    cfg, history = run.cfg, run.history
+    if step % cfg.train.eval_every == 0 or step == run.end:
+        t = time.perf_counter()
+        metrics, samples = evaluate(run.engine, run.scorer, run.heldout, EvalSpec.of(cfg), step)
+        m["time/eval_s"] = time.perf_counter() - t
+        m.update(metrics)
+        history["last_eval"] = metrics
+        run.log.text("eval/samples", "\n\n".join(samples), step)
+    alerts, messages = run.monitor.check(m)
+    m.update(alerts)
+    for msg in messages:
+        _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: {msg}")
+    history["wall_s"] = time.perf_counter() - run.t_run
+    m["time/elapsed_s"] = history["wall_s"]
+    run.log.scalars(step, m)
+    if hasattr(bar, "set_postfix"):
+        bar.set_postfix(
+            reward=f"{m['reward/mean']:.3f}",
+            pass_rate=f"{m['reward/pass_rate']:.2f}",
+            eval=f"{history['last_eval']['eval/heldout/greedy_pass_rate']:.2f}",
+        )
+
+
+def save(run: Run, step: int, sampler_state: dict) -> None:
+    learner = run.learner
+    ckpt.save_checkpoint(
+        run.cfg.run_dir,
+        step,
+        run.policy,
+        run.critic,
+        run.tokenizer,
+        {
+            "learner": learner.state_dict(),
+            "sampler": sampler_state,
+            "shuffle": run.shuffle.get_state(),
+            "history": run.history,
+            "monitor": run.monitor.state_dict(),
+        },
+        keep=run.cfg.train.keep_checkpoints,
+        policy_weights=learner.full_weights("policy"),
+        critic_weights=learner.full_weights("critic") if run.critic is not None else None,
+        save_extra=learner.save_to,
+    )
+
+
+def close(run: Run) -> None:
+    run.learner.stop()
+    for part in (run.log, run.engine, run.scorer):
+        if part is not None:
+            part.close()
+
+
+def summarize(run: Run) -> dict:
+    cfg, history = run.cfg, run.history
     summary = {
         "experiment": cfg.name,
         "seed": cfg.seed,
         "steps": cfg.train.steps,
-        "stopped_at": None if end == cfg.train.steps else end,
+        "stopped_at": None if run.end == cfg.train.steps else run.end,
         "wall_s": round(history["wall_s"], 2),
         "initial": history["first_eval"],
         "final": history["last_eval"],
-        "params": num_params(policy),
+        "params": num_params(run.policy),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if end == cfg.train.steps:  # a run stopped early (train.stop_at) is not finished: no summary.json
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.end == cfg.train.steps:  # a run stopped early (train.stop_at) is not finished: no summary.json
+        (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+class _Serial:
+    """The verifier pool for two threads (the rollout producer and evaluation): one call at a time."""
+
+    def __init__(self, pool: VerifierPool):
+        self.pool, self.lock = pool, threading.Lock()
+
+    def score(self, *args, **kwargs) -> ScoredBatch:
+        with self.lock:
+            return self.pool.score(*args, **kwargs)
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def _progress(steps: range, enabled: bool, cfg: Config):

@@ -14,6 +14,7 @@ class Sampling:
     temperature: float = 1.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0  # base seed; each prompt's sampling seed is derived from it by hashing
+    first_index: int = 0  # the first prompt's index in the step's list (engines given a slice of it seed by the whole list's index)
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Rollout:
     text: str  # the completion decoded without special tokens
     sampler_logprobs: list[float]  # log pi_sampler(token) of each completion token, of the distribution sampled from (logits / temperature, after top-p)
     finish_reason: str  # "stop" or "length"
+    policy_version: int = 0  # updates the weights that produced it had seen (set by the engine actors)
 
 
 def derive_seed(*parts: int) -> int:

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from rlvr.rollouts.base import Rollout, Sampling
+from rlvr.rollouts.base import Rollout, Sampling, derive_seed
 
 
 class HFEngine:
@@ -34,7 +34,9 @@ class HFEngine:
         greedy = sampling.temperature == 0
         rollouts: list[Rollout] = []
         with torch.random.fork_rng():
-            torch.manual_seed(sampling.seed % (2**63))
+            # one generator for the whole call; a slice of a step's prompts (an engine actor's share) seeds by its position
+            seed = derive_seed(sampling.seed, sampling.first_index) if sampling.first_index else sampling.seed
+            torch.manual_seed(seed % (2**63))
             for start in range(0, len(prompt_token_ids), self.batch_size):
                 chunk = prompt_token_ids[start : start + self.batch_size]
                 width = max(len(p) for p in chunk)

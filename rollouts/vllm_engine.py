@@ -82,7 +82,7 @@ class VLLMEngine:
                 max_tokens=sampling.max_new_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
-                seed=derive_seed(sampling.seed, i),
+                seed=derive_seed(sampling.seed, sampling.first_index + i),
                 stop_token_ids=self.stop_ids,
                 logprobs=0,  # the sampled token's own logprob
                 skip_special_tokens=True,

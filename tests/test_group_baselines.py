@@ -87,7 +87,7 @@ def test_overlong_penalty_by_hand():
 
 
 def _fake_step(pattern_gen, n, lengths=None):
-    """generate/score/take callables for collect_rollouts: each prompt's n rewards drawn at random."""
+    """produce/take callables for collect_rollouts: each prompt's n rewards drawn at random."""
     from rlvr.rollouts import Rollout
     from rlvr.verifiers import ScoredBatch, VerifierResult
 
@@ -111,7 +111,11 @@ def _fake_step(pattern_gen, n, lengths=None):
     def score(rollouts, rows):
         return ScoredBatch([VerifierResult(float(r.text), {"status": "ok"}) for r in rollouts], ["fake"] * len(rollouts))
 
-    return generate, score, take, calls
+    def produce(idx, round_):
+        rollouts, rows = generate(idx, round_)
+        return rollouts, rows, score(rollouts, rows)
+
+    return produce, take, calls
 
 
 @pytest.mark.parametrize("p_pass", [0.05, 0.3, 0.5, 0.9])
@@ -125,9 +129,9 @@ def test_dynamic_sampling_never_yields_a_zero_variance_group(p_pass):
             draws[i] = (torch.rand(n, generator=rng) < p_pass).float().tolist()
         return draws[i][j]
 
-    generate, score, take, calls = _fake_step(pattern, n)
+    produce, take, calls = _fake_step(pattern, n)
     algo = AlgoConfig(baseline="grpo", dynamic_sampling=True, dynamic_sampling_rounds=50)
-    col = collect_rollouts(generate, score, take, P, n, algo, max_new_tokens=8)
+    col = collect_rollouts(produce, take, P, n, algo, max_new_tokens=8)
     assert len(col.rollouts) == P * n and col.group_ids_B.tolist() == [g for g in range(P) for _ in range(n)]
     for g in range(P):
         group = col.rewards_B[col.group_ids_B == g]
@@ -145,24 +149,24 @@ def test_dynamic_sampling_never_yields_a_zero_variance_group(p_pass):
 
 def test_dynamic_sampling_stops_after_its_rounds_and_is_off_by_default():
     n, P = 4, 8
-    generate, score, take, calls = _fake_step(lambda i, j: 1.0 if i % 4 == 0 and j == 0 else 0.0, n)
-    col = collect_rollouts(generate, score, take, P, n, AlgoConfig(dynamic_sampling=True, dynamic_sampling_rounds=3), 8)
+    produce, take, calls = _fake_step(lambda i, j: 1.0 if i % 4 == 0 and j == 0 else 0.0, n)
+    col = collect_rollouts(produce, take, P, n, AlgoConfig(dynamic_sampling=True, dynamic_sampling_rounds=3), 8)
     # one prompt in four varies: 3 rounds of 8 prompts give 6 groups, fewer than 8; the step trains on those
     assert col.rounds == 3 and calls["take"] == 3
     assert len(col.rollouts) == 6 * n and col.groups_seen == 24 and col.groups_informative == 6
-    generate, score, take, calls = _fake_step(lambda i, j: 0.0, n)
-    col = collect_rollouts(generate, score, take, P, n, AlgoConfig(dynamic_sampling=True, dynamic_sampling_rounds=2), 8)
+    produce, take, calls = _fake_step(lambda i, j: 0.0, n)
+    col = collect_rollouts(produce, take, P, n, AlgoConfig(dynamic_sampling=True, dynamic_sampling_rounds=2), 8)
     assert col.rollouts == [] and col.rewards_B.numel() == 0
-    generate, score, take, calls = _fake_step(lambda i, j: 0.0, n)
-    col = collect_rollouts(generate, score, take, P, n, AlgoConfig(), 8)
+    produce, take, calls = _fake_step(lambda i, j: 0.0, n)
+    col = collect_rollouts(produce, take, P, n, AlgoConfig(), 8)
     assert col.rounds == 1 and len(col.rollouts) == P * n  # off: every group kept
 
 
 def test_overlong_penalty_enters_the_rewards_and_makes_groups_informative():
     # all four samples pass, but one is 8 tokens long (the limit): with a 2-token buffer it gets -1
     n = 4
-    generate, score, take, _ = _fake_step(lambda i, j: 1.0, n, lengths=lambda i, j: 8 if j == 0 else 3)
+    produce, take, _ = _fake_step(lambda i, j: 1.0, n, lengths=lambda i, j: 8 if j == 0 else 3)
     algo = AlgoConfig(dynamic_sampling=True, overlong_buffer=2)
-    col = collect_rollouts(generate, score, take, 2, n, algo, max_new_tokens=8)
+    col = collect_rollouts(produce, take, 2, n, algo, max_new_tokens=8)
     assert col.rewards_B.tolist() == [0.0, 1.0, 1.0, 1.0] * 2
     assert col.scored.scores == [1.0] * 8  # the verifier's own scores are logged unchanged
