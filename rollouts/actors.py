@@ -139,8 +139,8 @@ class RolloutActor:
         self.group.broadcast(flat, 0).wait()
         self.incoming += unpack(layout, flat)
 
-    def receive_objects(self, named: list[tuple[str, torch.Tensor]]) -> None:
-        self.incoming += named
+    def receive_objects(self, bucket: tuple[list[tuple], torch.Tensor]) -> None:
+        self.incoming += unpack(*bucket)
 
     def commit(self, version: int) -> None:
         """The weights received since the last commit are version `version`: load them now if the
@@ -283,8 +283,8 @@ class EngineActors:
                 if self.transport == "distributed":
                     refs += [a.receive_bucket.remote(layout, flat.numel()) for a in self.actors]
                     self.group.broadcast(flat.to(self.device), 0).wait()
-                else:
-                    ref = __import__("ray").put(unpack(layout, flat))
+                else:  # one buffer per bucket (views of it would each carry the whole buffer)
+                    ref = __import__("ray").put((layout, flat))
                     refs += [a.receive_objects.remote(ref) for a in self.actors]
             refs += [a.commit.remote(version) for a in self.actors]
             self._get(refs, what, self.timeout_s)

@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pushes", type=int, default=5)
     ap.add_argument("--modes", default=",".join(MODES), help="part 1 modes, ';'-separated")
+    ap.add_argument("--no-train", action="store_true", help="part 2 only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import ray
@@ -111,22 +112,23 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="bench_actors_runs_")
     runs = []
     modes = args.modes.split(";") if ";" in args.modes else [m for m in MODES if m in args.modes]
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [] if args.no_train else [int(s) for s in args.seeds.split(",")]:
         for mode in modes:
             runs.append(train_once(out, mode, seed, args.steps))
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     pushes = sync_times(args.pushes)
     ray.shutdown()
 
-    print(f"\nthe tiny GRPO task, {args.steps} steps, one run at a time (seconds per step over steps without an evaluation)")
-    print(f"{'mode':18} {'seed':>4} {'s/step':>7} {'steps/s':>7} {'generate':>8} {'verify':>7} {'learn':>6} {'sync':>6} {'wait':>6} {'to 0.8':>7} {'final':>6}")
+    if runs:
+        print(f"\nthe tiny GRPO task, {args.steps} steps, one run at a time (seconds per step over steps without an evaluation)")
+        print(f"{'mode':18} {'seed':>4} {'s/step':>7} {'steps/s':>7} {'generate':>8} {'verify':>7} {'learn':>6} {'sync':>6} {'wait':>6} {'to 0.8':>7} {'final':>6}")
     for r in runs:
         reach = f"{r['loop_s_to_greedy_0.8']:.1f}" if r["loop_s_to_greedy_0.8"] is not None else "never"
         print(
             f"{r['mode']:18} {r['seed']:>4} {r['step_s']:7.3f} {r['steps_per_s']:7.2f} {r['generate_s']:8.3f} {r['verify_s']:7.3f} "
             f"{r['learn_s']:6.3f} {r['sync_s']:6.3f} {r['wait_rollouts_s']:6.3f} {reach:>7} {r['final_greedy']:6.2f}"
         )
-    by_mode = {m: statistics.mean(r["steps_per_s"] for r in runs if r["mode"] == m) for m in modes}
+    by_mode = {m: statistics.mean(r["steps_per_s"] for r in runs if r["mode"] == m) for m in {r["mode"] for r in runs}}
     if "sync, 1 actor" in by_mode and "async, 1 actor" in by_mode:
         print(f"async / sync steps per second (1 actor): {by_mode['async, 1 actor'] / by_mode['sync, 1 actor']:.2f}x")
     print(f"\nweight push to one engine actor ({pushes[0]['params'] / 1e6:.1f}M parameters, {pushes[0]['mib']:.1f} MiB float32), median of {args.pushes}")
