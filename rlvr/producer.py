@@ -58,11 +58,14 @@ class RolloutProducer:
             return self.sampler_states.get(next_step) or self.sampler.state_dict()
 
     def stop(self) -> None:
+        """No more steps are started; a step being made finishes, or fails once the engines are closed."""
         with self.cond:
             self.stopped = True
             self.cond.notify_all()
+
+    def join(self, timeout: float = 30.0) -> None:
         if self.thread is not None:
-            self.thread.join(timeout=60)
+            self.thread.join(timeout)
 
     def _collect(self, step: int):
         with self.take_lock:

@@ -263,6 +263,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
                 m.update(push_weights(run, step))
             else:
                 _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
+                if hasattr(run.engine, "set_version"):
+                    run.engine.set_version(step)  # unchanged weights, now version `step`
             run.version = step
             producer.publish(step)
             m["time/step_s"] = time.perf_counter() - t0
@@ -272,7 +274,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     finally:
         if producer is not None:
             producer.stop()
-        close(run)
+        close(run)  # a step the producer is still making fails now, and its thread ends
+        if producer is not None:
+            producer.join()
     return summarize(run)
 
 

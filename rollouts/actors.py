@@ -7,15 +7,18 @@
 Each `RolloutActor` is one process running today's `RolloutEngine` unchanged (vLLM in-process,
 or transformers), placed by a Ray placement group (`cpus` and `gpus` per engine). A step's
 prompts are cut into contiguous slices, one per engine; per-prompt sampling seeds come from
-the prompt's index in the whole list (`Sampling.first_index`), so the samples do not depend
-on how many engines there are, and results come back in prompt order.
+the prompt's index in the whole list (`Sampling.first_index`), so vLLM's samples do not depend
+on how many engines there are (the transformers engine seeds one generator per slice, so its
+samples do), and results come back in prompt order.
 
 Weights travel in byte buckets from the learner's process (rank 0 of a group of its own) to
-every engine: over a torch.distributed group (gloo on CPUs, NCCL on GPUs; `distributed`) or
-through the Ray object store (`object_store`). An engine stages what it receives and loads it
-before its next generation (at once when it is idle), so a push never waits for a generation
-in flight; every rollout records the weights' version (`Rollout.policy_version`). Every call has
-a timeout; a dead or stuck engine is an `EngineError` naming the engine and the step.
+every engine: over a torch.distributed group (`distributed`: NCCL when the learner has a GPU and
+every engine whole GPUs of its own, else gloo through the CPU) or through the Ray object store
+(`object_store`). An engine generates in one concurrency group and receives weights in another:
+it stages what it receives and loads it before its next generation (at once when it is idle), so
+a push never waits for a generation in flight; every rollout records the weights' version
+(`Rollout.policy_version`). Starts, group forming and pushes have timeouts; a dead or stuck engine
+is an `EngineError` naming the engine and the step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import Iterable, Iterator
 
@@ -44,6 +48,12 @@ ENGINE_ENV = {
 
 class EngineError(RuntimeError):
     """A rollout engine actor failed to start, died, or missed a timeout."""
+
+
+def _in(group: str, method):
+    """An actor method called in one of the actor's concurrency groups: "generate" or "sync"
+    (the others, ping/ready/close, run in the default group, free while both are busy)."""
+    return method.options(concurrency_group=group)
 
 
 def split_evenly(count: int, parts: int) -> list[slice]:
@@ -143,10 +153,15 @@ class RolloutActor:
         self.incoming += unpack(*bucket)
 
     def commit(self, version: int) -> None:
-        """The weights received since the last commit are version `version`: load them now if the
-        engine is idle, else before the next generation."""
+        """The weights received since the last commit are version `version` (none received: the
+        weights are unchanged, only the version moves): load them now if the engine is idle, else
+        before the next generation."""
         with self.stage_lock:
-            self.staged, self.incoming = (self.incoming, version), []
+            if self.incoming or self.staged is None:
+                self.staged = (self.incoming, version)
+            else:  # weights still staged: they become this version
+                self.staged = (self.staged[0], version)
+            self.incoming = []
         if self.engine_lock.acquire(blocking=False):
             try:
                 self._load_staged()
@@ -157,7 +172,8 @@ class RolloutActor:
         with self.stage_lock:
             staged, self.staged = self.staged, None
         if staged is not None:
-            self.engine.load_weights(staged[0])
+            if staged[0]:
+                self.engine.load_weights(staged[0])
             self.version = staged[1]
 
     def close(self) -> None:
@@ -220,23 +236,24 @@ class EngineActors:
             )
         cls = ray.remote(concurrency_groups={"generate": 1, "sync": 1})(RolloutActor)
         env = {**ENGINE_ENV, "OMP_NUM_THREADS": str(max(1, int(cpus)))}
-        for k in range(n):
-            self.actors.append(
-                cls.options(
-                    name=f"{label}:engine{k}:{os.getpid()}",
-                    num_cpus=cpus,
-                    num_gpus=gpus,
-                    max_restarts=0,
-                    scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=k),
-                    runtime_env={"env_vars": env},
-                ).remote(self.names[k], kind, model_path, engine_kwargs, max(1, int(cpus)), version)
-            )
+        tag = uuid.uuid4().hex[:8]
         try:
+            for k in range(n):
+                self.actors.append(
+                    cls.options(
+                        name=f"{label}:engine{k}:{tag}",
+                        num_cpus=cpus,
+                        num_gpus=gpus,
+                        max_restarts=0,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=k),
+                        runtime_env={"env_vars": env},
+                    ).remote(self.names[k], kind, model_path, engine_kwargs, max(1, int(cpus)), version)
+                )
             self.info = self._get([a.ready.remote() for a in self.actors], "start", start_timeout_s)
             if gpus and any(i["device"] != "cuda" for i in self.info):
                 raise EngineError(f"rollout.engine_gpus is {gpus} but an engine sees no GPU: {self.info}")
             if transport == "distributed":
-                self._join_group()
+                self._join_group(nccl=gpus >= 1 and float(gpus).is_integer() and torch.cuda.is_available())
         except BaseException:
             self.close()
             raise
@@ -249,7 +266,7 @@ class EngineActors:
         pending = []
         for k, sl in enumerate(split_evenly(len(prompt_ids), len(self.actors))):
             part = dataclasses.replace(sampling, first_index=sampling.first_index + sl.start)
-            pending.append((self.actors[k].generate.remote(prompt_ids[sl], part, n), k, sl))
+            pending.append((_in("generate", self.actors[k].generate).remote(prompt_ids[sl], part, n), k, sl))
         return pending
 
     def as_completed(self, pending: list[tuple], what: str = "generate") -> Iterator[tuple[slice, list[Rollout]]]:
@@ -281,12 +298,14 @@ class EngineActors:
             for layout, flat in weight_buckets(named, self.bucket_bytes):
                 total += sum(row[-1] for row in layout)
                 if self.transport == "distributed":
-                    refs += [a.receive_bucket.remote(layout, flat.numel()) for a in self.actors]
+                    refs += [_in("sync", a.receive_bucket).remote(layout, flat.numel()) for a in self.actors]
                     self.group.broadcast(flat.to(self.device), 0).wait()
+                    if self.backend == "nccl":
+                        torch.cuda.synchronize()  # an NCCL wait() returns before the transfer ends
                 else:  # one buffer per bucket (views of it would each carry the whole buffer)
                     ref = __import__("ray").put((layout, flat))
-                    refs += [a.receive_objects.remote(ref) for a in self.actors]
-            refs += [a.commit.remote(version) for a in self.actors]
+                    refs += [_in("sync", a.receive_objects).remote(ref) for a in self.actors]
+            refs += [_in("sync", a.commit).remote(version) for a in self.actors]
             self._get(refs, what, self.timeout_s)
         except EngineError:
             raise
@@ -298,6 +317,11 @@ class EngineActors:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.push(named_tensors, self.version + 1)
 
+    def set_version(self, version: int) -> None:
+        """The weights did not change (a step without an update), but they are now `version`."""
+        self._get([_in("sync", a.commit).remote(version) for a in self.actors], f"version of step {version}", self.timeout_s)
+        self.version = version
+
     def close(self) -> None:
         import ray
 
@@ -308,6 +332,7 @@ class EngineActors:
                 pass
             ray.kill(a)
         self.actors = []
+        self.group = self._store = None
         if getattr(self, "pg", None) is not None:
             try:
                 ray.util.remove_placement_group(self.pg)
@@ -320,16 +345,18 @@ class EngineActors:
     def device(self) -> str:
         return "cuda" if self.backend == "nccl" else "cpu"
 
-    def _join_group(self) -> None:
+    def _join_group(self, nccl: bool) -> None:
         import ray
         import torch.distributed as dist
 
-        self.backend = "nccl" if torch.cuda.is_available() else "gloo"
+        self.backend = "nccl" if nccl else "gloo"
         host = ray.util.get_node_ip_address()
         world = len(self.actors) + 1
         store = dist.TCPStore(host, 0, world, is_master=True, timeout=timedelta(seconds=self.timeout_s), wait_for_workers=False)
         self._store = store  # the engines rendezvous through it; it lives as long as the group
-        refs = [a.join_group.remote(self.backend, host, store.port, k + 1, world, self.timeout_s) for k, a in enumerate(self.actors)]
+        refs = [
+            _in("sync", a.join_group).remote(self.backend, host, store.port, k + 1, world, self.timeout_s) for k, a in enumerate(self.actors)
+        ]
         try:
             self.group = _new_group(self.backend, host, store.port, 0, world, self.timeout_s)
         except Exception as e:
@@ -352,13 +379,18 @@ class EngineActors:
             raise EngineError(f"{what}: {self._dead_or_all(engines)} failed: {_first_line(e)}") from e
 
     def _dead_or_all(self, engines: list[int] | None = None) -> str:
-        """The engines that no longer answer (else the ones concerned, else all), by name."""
+        """The engines that are dead or do not answer a ping within 5 s (else the ones concerned,
+        else all), by name."""
         import ray
 
+        pings = {a.ping.remote(): k for k, a in enumerate(self.actors)}
+        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=5)
         dead = []
-        for k, a in enumerate(self.actors):
+        for ref, k in pings.items():
             try:
-                ray.get(a.ping.remote(), timeout=5)
+                if ref not in answered:
+                    raise TimeoutError
+                ray.get(ref)
             except Exception:
                 dead.append(self.names[k])
         if dead:

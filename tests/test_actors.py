@@ -91,6 +91,8 @@ def test_producer_keeps_the_staleness_bound():
         producer.get(5)
     assert all(version >= step - 1 - 2 for step, version in seen)
     producer.stop()
+    producer.join()
+    assert not producer.thread.is_alive()
     # synchronous: made in the caller's thread, when asked
     sync = RolloutProducer(lambda step: (step, threading.current_thread().name), range(1, 3), 0, sampler, published=0)
     assert sync.get(1) == (1, threading.current_thread().name)
@@ -120,6 +122,21 @@ def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluste
                 diff = max(abs(a - b) for r, q in zip(got, want) for a, b in zip(r.sampler_logprobs, q.sampler_logprobs))
                 assert diff <= LOGPROB_ATOL, (transport, diff)
                 assert {r.policy_version for r in got} == {version}
+            # a push does not wait for a generation in flight: it is staged, and loaded before the next one
+            long = engines.submit([[1, 5]] * 32, Sampling(400, 1.0, 1.0, seed=5), 4)
+            time.sleep(0.5)  # the generation is under way
+            t0 = time.perf_counter()
+            engines.push(iter(state.items()), 2)
+            pushed_after = time.perf_counter() - t0
+            first = engines.gather(long)
+            generation_s = time.perf_counter() - t0
+            assert pushed_after < generation_s / 2, (transport, pushed_after, generation_s)
+            assert {r.policy_version for r in first} == {1}
+            engines.set_version(3)  # a step without an update: same weights, new version
+            again = engines.generate(prompts, sampling, 2)
+            vllm_engine.load_weights(iter(state.items()))
+            assert [r.completion_ids for r in again] == [r.completion_ids for r in vllm_engine.generate(prompts, sampling, 2)]
+            assert {r.policy_version for r in again} == {3}
         finally:
             engines.close()
     vllm_engine.load_weights(iter(state.items()))
