@@ -23,11 +23,25 @@ TIMING = ("time/", "rollout/tokens_per_s", "sync/bytes_per_s")
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    import gc
+
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+    # the in-process vLLM engines of these runs are gone before the session's shared engine starts
+    # (finalising one tears down vLLM's process-global state, which a live engine needs)
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def local_engine(tiny_model_dir):
+    """This module's own in-process engine: vLLM's shared state does not survive engines that come and
+    go beside a live one, so these tests do not use the session's engine."""
+    engine = make_engine("vllm", str(tiny_model_dir), max_model_len=512, kv_cache_mb=64)
+    yield engine
+    engine.close()
 
 
 def _run(tmp_path, name, *overrides, steps=4, resume=False):
@@ -98,7 +112,7 @@ def test_producer_keeps_the_staleness_bound():
     assert sync.get(1) == (1, threading.current_thread().name)
 
 
-def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluster, tiny_model_dir, vllm_engine):
+def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluster, tiny_model_dir, local_engine):
     """Prompts split over two engines come back in order with the in-process engine's samples, before
     and after a weight push, whatever the transport; the pushed version is on every rollout."""
     from transformers import AutoModelForCausalLM
@@ -115,8 +129,8 @@ def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluste
                 if version:
                     sent = engines.push(iter(weights.items()), version)
                     assert sent["bytes"] == sum(t.numel() * t.element_size() for t in weights.values())
-                vllm_engine.load_weights(iter(weights.items()))
-                got, want = engines.generate(prompts, sampling, 2), vllm_engine.generate(prompts, sampling, 2)
+                local_engine.load_weights(iter(weights.items()))
+                got, want = engines.generate(prompts, sampling, 2), local_engine.generate(prompts, sampling, 2)
                 assert [r.completion_ids for r in got] == [r.completion_ids for r in want], transport
                 assert [r.prompt_ids for r in got] == [p for p in prompts for _ in range(2)]
                 diff = max(abs(a - b) for r, q in zip(got, want) for a, b in zip(r.sampler_logprobs, q.sampler_logprobs))
@@ -134,12 +148,12 @@ def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluste
             assert {r.policy_version for r in first} == {1}
             engines.set_version(3)  # a step without an update: same weights, new version
             again = engines.generate(prompts, sampling, 2)
-            vllm_engine.load_weights(iter(state.items()))
-            assert [r.completion_ids for r in again] == [r.completion_ids for r in vllm_engine.generate(prompts, sampling, 2)]
+            local_engine.load_weights(iter(state.items()))
+            assert [r.completion_ids for r in again] == [r.completion_ids for r in local_engine.generate(prompts, sampling, 2)]
             assert {r.policy_version for r in again} == {3}
         finally:
             engines.close()
-    vllm_engine.load_weights(iter(state.items()))
+    local_engine.load_weights(iter(state.items()))
 
 
 def test_one_engine_actor_logs_the_in_process_run(ray_cluster, tmp_path):
