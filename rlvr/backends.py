@@ -29,6 +29,7 @@ minibatch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Callable, Iterator
 
@@ -77,11 +78,21 @@ class ModelTrainer:
         loss.backward()
 
     def step(self) -> float:
-        """Clip, take one optimizer step and one schedule step; returns the global gradient norm before clipping."""
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
-        self.optimizer.step()
+        """Clip, take one optimizer step and one schedule step; returns the global gradient norm before
+        clipping. A non-finite norm skips the optimizer step (the gradients are dropped, the weights
+        and the optimizer's moments stay as they were; the schedule moves on)."""
+        norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm))
+        if math.isfinite(norm):
+            self.optimizer.step()
+        else:
+            self.zero_grad()
         self.scheduler.step()
-        return float(norm)
+        return norm
+
+    def skip(self) -> None:
+        """Drop this minibatch's gradients without a step (its loss was not finite)."""
+        self.zero_grad()
+        self.scheduler.step()
 
     def last_lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -107,6 +118,10 @@ class ModelTrainer:
 
     def load_from(self, folder) -> None:
         pass
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf that the learner cannot skip past (DeepSpeed), or too many skipped updates in a row."""
 
 
 class DeepSpeedTrainer(ModelTrainer):
@@ -153,6 +168,9 @@ class DeepSpeedTrainer(ModelTrainer):
     def zero_grad(self) -> None:
         pass  # DeepSpeed zeroes after each step
 
+    def skip(self) -> None:
+        raise NonFiniteError("a non-finite loss; DeepSpeed cannot skip a step once its micro-batches are under way")
+
     def call(self, fn, *args, **kwargs):
         return self.engine(fn, *args, **kwargs)  # DeepSpeedEngine.forward -> _Call.forward -> fn(model, ...)
 
@@ -165,10 +183,14 @@ class DeepSpeedTrainer(ModelTrainer):
         if self.zero_stage == 0:  # DeepSpeed clips without keeping the norm there; the gradients are whole on every rank
             grads = [p.grad for p in self.module.parameters() if p.grad is not None]
             before = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))) if grads else 0.0
+        if before is not None and not math.isfinite(before):
+            raise NonFiniteError(f"a non-finite gradient norm ({before}); DeepSpeed cannot skip the step")
         self.engine.step()
         norm = self.engine.get_global_grad_norm() if before is None else before
         if norm is None:
             raise RuntimeError(f"DeepSpeed (ZeRO {self.zero_stage}) reported no gradient norm")
+        if not math.isfinite(float(norm)):
+            raise NonFiniteError(f"DeepSpeed (ZeRO {self.zero_stage}) stepped with a non-finite gradient norm ({norm}); it cannot skip a step")
         return float(norm)
 
     def full_weights(self, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:

@@ -54,13 +54,19 @@ def cmd_train(args, overrides: list[str]) -> int:
         flags = ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.learner.world_size)]
         return subprocess.run([*cmd, "-m", "rlvr.cli", "train", "--config", args.config, *flags, *overrides]).returncode
+    from rlvr.backends import NonFiniteError
+    from rlvr.checkpoint import CheckpointError
     from rlvr.data import DataError
+    from rlvr.monitors import VerifierFailure
     from rlvr.rollouts.actors import EngineError
+    from rlvr.runlock import RunLockedError
     from rlvr.trainer import RunExistsError, print_summary, train
 
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (DataError, RunExistsError, FileNotFoundError) as e:
+    except (DataError, RunExistsError, RunLockedError, FileNotFoundError) as e:
+        return _fail(str(e))
+    except (NonFiniteError, VerifierFailure, CheckpointError) as e:  # the run stopped itself; its checkpoints stand
         return _fail(str(e))
     except EngineError as e:  # an engine actor died or missed its timeout: the checkpoints stand
         return _fail(f"{e}\nresume from the newest checkpoint with: rlvr train --config {args.config} ... --resume")
@@ -156,7 +162,11 @@ def cmd_seeds(args, overrides: list[str]) -> int:
             args.config, cfg, seeds, overrides, args.halving_every, args.halving_metric, args.max_parallel, args.address
         )
     else:
-        results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
+        try:
+            results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
+        except KeyboardInterrupt:
+            print("rlvr: seeds stopped; run the same command again to resume them", file=sys.stderr)
+            return 130
     print_results(cfg, results, time.perf_counter() - t)
     failed = [r for r in results if r.status == "failed"]
     if failed:

@@ -163,6 +163,9 @@ class VerifyConfig:
     workers: int = 1  # verifier worker processes; 0 scores in the trainer's process (no time limit)
     timeout_s: float = 5.0  # wall-clock limit per call, enforced by the parent; then score 0, `timeout`
     max_memory_mb: int = 4096  # address-space cap of each worker
+    max_error_rate: float = 0.5  # a verifier whose `error` rate over the last `rate_window_steps` steps exceeds this stops the run (1: never)
+    max_timeout_rate: float = 0.5  # the same for `timeout`
+    rate_window_steps: int = 5
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class TrainConfig:
     log_samples: int = 2  # completions shown as text in TensorBoard each eval
     pass_threshold: float = 1.0  # a completion passes when its score is >= this
     stop_at: int = 0  # stop (evaluated and checkpointed, resumable) at this step; 0: run all `steps`. The LR schedule still spans `steps`.
+    max_nonfinite_updates: int = 3  # updates in a row skipped for a NaN/inf (loss, advantages, gradients) before the run stops
 
 
 @dataclass(frozen=True)

@@ -300,19 +300,20 @@ class PPOLearner:
         """
         cfg = self.cfg
         B = len(batch)
-        if B < cfg.num_minibatches:
-            raise ValueError(f"batch of {B} rollouts is smaller than ppo.num_minibatches={cfg.num_minibatches}")
+        if B == 0:
+            raise ValueError("an update needs at least one rollout")
+        num_minibatches = min(cfg.num_minibatches, B)  # dynamic sampling may leave fewer rows than minibatches
         kl_fn = KL_ESTIMATORS[cfg.kl_estimator]
         kl_in_loss = cfg.kl_penalty == "loss" and cfg.kl_coef > 0 and ref_logp_BT is not None
         policy, critic = self.policy_trainer if train_policy else None, self.critic_trainer
         sums: dict[str, float] = {}
-        n_updates = 0
+        n_updates = skipped = 0
         self.policy.train()
         if critic is not None:
             self.critic.train()
         for _ in range(cfg.epochs):
             order = torch.randperm(B, generator=generator)
-            for idx in order.tensor_split(cfg.num_minibatches):
+            for idx in order.tensor_split(num_minibatches):
                 num_tokens = batch.mask[idx].sum().clamp(min=1).item()
                 # the minibatch's loss weights, laid out by batch row so that any micro-batch can pick its rows
                 weights = torch.zeros_like(batch.mask)
@@ -320,6 +321,7 @@ class PPOLearner:
                 if is_weights_BT is not None:
                     weights = weights * is_weights_BT
                 stats: dict[str, float] = {}
+                finite = {id(t): True for t in (policy, critic) if t is not None}  # each model's losses so far
                 for trainer in (policy, critic):
                     if trainer is not None:
                         trainer.zero_grad()
@@ -345,27 +347,41 @@ class PPOLearner:
                             kl_loss = (kl_fn(logp, pick(ref_logp_BT)) * w).sum()
                             _acc(stats, "loss/kl", kl_loss.item())
                             loss = loss + cfg.kl_coef * kl_loss
-                        policy.backward(loss, last)
+                        finite[id(policy)] &= bool(torch.isfinite(loss))
+                        if finite[id(policy)]:
+                            policy.backward(loss, last)
                     if critic is not None:
                         values = critic.call(_values, mb)
                         vloss, vstats = clipped_value_loss(values, pick(old_values_BT), pick(returns_BT), mb.mask, cfg.value_clip, num_tokens)
                         vloss = vloss * float(real)
-                        critic.backward(cfg.vf_coef * vloss, last)
+                        finite[id(critic)] &= bool(torch.isfinite(vloss))
+                        if finite[id(critic)]:
+                            critic.backward(cfg.vf_coef * vloss, last)
                         _acc(stats, "loss/value", vloss.item())
                         _acc(stats, "value/clip_frac", vstats["value_clip_frac"].item() * share)
                 if self.world_size > 1:
                     keys = sorted(stats)
                     total = self._all_reduce(torch.tensor([stats[key] for key in keys], dtype=torch.float64))
                     stats = dict(zip(keys, total.tolist()))
-                if policy is not None:
-                    _acc(stats, "policy/grad_norm", policy.step())
-                if critic is not None:
-                    _acc(stats, "value/grad_norm", critic.step())
+                if self.world_size > 1:  # every rank skips (or stops) together
+                    bad = self._all_reduce(torch.tensor([float(not f) for f in finite.values()], dtype=torch.float64))
+                    finite = {key: not b for key, b in zip(finite, bad.tolist())}
+                for trainer, name in ((policy, "policy"), (critic, "value")):
+                    if trainer is None:
+                        continue
+                    # a NaN/inf loss or gradient norm: no step from this minibatch (counted; the loop decides when to stop)
+                    norm = trainer.step() if finite[id(trainer)] else (trainer.skip() or math.nan)
+                    if math.isfinite(norm):
+                        _acc(stats, f"{name}/grad_norm", norm)
+                    else:
+                        skipped += 1
+                stats = {key: v for key, v in stats.items() if math.isfinite(v)}
                 for key, v in stats.items():
                     _acc(sums, key, v)
                 n_updates += 1
         out = {key: v / n_updates for key, v in sums.items()}
         out["policy/lr"] = self.policy_trainer.last_lr()
+        out["learner/nonfinite_steps"] = float(skipped)  # optimizer steps skipped for a NaN or inf
         return out
 
     # ---------------------------------------------------------------- weights and checkpoint state

@@ -139,6 +139,7 @@ def initial_model(cfg, run_dir: Path, tokenizer_text: list[str]) -> str:
     """The model a run (RL or a stage) starts from: `cfg.model.name_or_path` (a hub id or folder),
     or a tiny model of `cfg.model.tiny` built once, seeded by `cfg.seed`, into `<run_dir>/init_model`."""
     if cfg.model.name_or_path:
+        check_model(cfg.model.name_or_path)  # a bad id or folder: one line naming the field, nothing written yet
         return cfg.model.name_or_path
     out = run_dir / "init_model"
     if not (out / "config.json").exists():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rlvr.config import MonitorConfig
+from collections import deque
+
+from rlvr.config import MonitorConfig, VerifyConfig
 
 
 @dataclass
@@ -58,3 +60,43 @@ class Monitor:
     def load_state_dict(self, state: dict) -> None:
         self.first_length, self.heldout_pass = state["first_length"], state["heldout_pass"]
         self.announced = set(state["announced"])
+
+
+class VerifierFailure(RuntimeError):
+    """A verifier fails too often for its rewards to mean anything."""
+
+
+class VerifierHealth:
+    """Stops a run whose verifier is broken: over the last `verify.rate_window_steps` steps, one
+    verifier's `error` (or `timeout`) rate above `verify.max_error_rate` (`max_timeout_rate`). A
+    broken plugin or a misconfigured ground truth would otherwise give zero rewards that the run
+    goes on learning from."""
+
+    def __init__(self, cfg: VerifyConfig):
+        self.cfg = cfg
+        self.window: deque[dict[str, list]] = deque(maxlen=max(1, cfg.rate_window_steps))
+
+    def check(self, scored, step: int) -> None:
+        now: dict[str, list] = {}  # verifier -> [results, errors, timeouts, reasons]
+        for name, r in zip(scored.verifier_names, scored.results):
+            entry = now.setdefault(name, [0, 0, 0, []])
+            entry[0] += 1
+            for k, status in ((1, "error"), (2, "timeout")):
+                if r.status == status:
+                    entry[k] += 1
+                    reason = str(r.info.get("reason", ""))[:160]
+                    if reason and reason not in entry[3] and len(entry[3]) < 3:
+                        entry[3].append(reason)
+        self.window.append(now)
+        if len(self.window) < self.window.maxlen:
+            return
+        for name in now:
+            n = sum(s[name][0] for s in self.window if name in s)
+            for k, status, limit in ((1, "error", self.cfg.max_error_rate), (2, "timeout", self.cfg.max_timeout_rate)):
+                rate = sum(s[name][k] for s in self.window if name in s) / max(n, 1)
+                if limit < 1.0 and rate > limit:
+                    reasons = [r for s in self.window if name in s for r in s[name][3]][:3]
+                    raise VerifierFailure(
+                        f"step {step}: verifier {name!r} gave `{status}` for {rate:.0%} of its {n} results over the last "
+                        f"{len(self.window)} steps (verify.max_{status}_rate={limit}); the run stops. Reasons: {reasons}"
+                    )

@@ -53,13 +53,50 @@ def train_command(config: str, seed: int, overrides: list[str], resume: bool) ->
     return cmd + (["--resume"] if resume else [])
 
 
+def _die_with_parent() -> None:
+    """In the training process, before exec: SIGTERM when the Ray worker that started it dies
+    (killed, its node lost), so that no seed trains on with nobody to report to (Linux)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _run_seed(cmd: list[str], log_path: str, env: dict) -> tuple[int, str]:
-    """Inside the Ray task: the seed's training process; its output goes to the seed's log file."""
+    """Inside the Ray task: the seed's training process (a process group of its own, with its
+    engines and verifier workers); its output goes to the seed's log file. The task cancelled (the
+    launcher interrupted or terminated) or its worker dying ends the whole group."""
+    import signal
+
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        try:
+            while proc.poll() is None:  # a short poll, so that a cancellation (an async exception) gets in
+                time.sleep(0.2)
+        except BaseException:  # the task was cancelled (KeyboardInterrupt) or the worker is exiting
+            _kill_group(proc, signal)
+            raise
     tail = Path(log_path).read_text()[-2000:]
     return proc.returncode, tail
+
+
+def _kill_group(proc: subprocess.Popen, signal) -> None:
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @dataclass
@@ -106,6 +143,45 @@ def launch(
     limit = max_parallel or len(todo)
     running: dict = {}
     queue = list(todo)
+    stop = _StopOnSignal()
+    try:
+        _schedule(queue, running, limit, task, config_path, overrides, cfg, env, threads, results)
+    except KeyboardInterrupt:
+        print(f"[seeds] stopping: cancelling {len(running)} running seed(s); they keep their checkpoints", file=sys.stderr, flush=True)
+        for ref in running:
+            ray.cancel(ref)  # KeyboardInterrupt in the task: _run_seed ends its training process group
+        ray.wait(list(running), num_returns=len(running), timeout=30)
+        raise
+    finally:
+        stop.restore()
+    return [results[s] for s in seeds]
+
+
+class _StopOnSignal:
+    """SIGTERM (and SIGINT, already) raise KeyboardInterrupt in the launcher, so that it cancels its seeds."""
+
+    def __init__(self):
+        import signal
+
+        self.signal = signal
+        self.before = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread: leave signals alone
+            self.before = None
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def restore(self) -> None:
+        if self.before is not None:
+            self.signal.signal(self.signal.SIGTERM, self.before)
+
+
+def _schedule(queue, running, limit, task, config_path, overrides, cfg, env, threads, results) -> None:
+    import ray
+
     while queue or running:
         while queue and len(running) < limit:
             s, resume = queue.pop(0)
@@ -127,7 +203,6 @@ def launch(
                 last = [line for line in tail.strip().splitlines() if line.strip()][-1:] or [""]
                 results[s] = SeedResult(s, "failed", wall, f"exit status {code}: {last[0][:300]}")
             print(f"[seeds] seed {s}: {results[s].status} in {wall:.0f} s {results[s].reason}", file=sys.stderr, flush=True)
-    return [results[s] for s in seeds]
 
 
 def print_results(cfg: Config, results: list[SeedResult], wall_s: float) -> None:

@@ -26,6 +26,7 @@ import os
 import resource
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -36,14 +37,17 @@ from rlvr.baselines.dapo import informative_groups, overlong_penalty
 from rlvr.config import Config, ConfigError, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, RankMirror, follow, make_batch
-from rlvr.monitors import Monitor
+from rlvr.backends import NonFiniteError
+from rlvr.monitors import Monitor, VerifierHealth
 from rlvr.producer import RolloutProducer
-from rlvr.models import DTYPES, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
+from rlvr.models import DTYPES, check_model, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
+from rlvr.runlock import RunLock
 from rlvr.runlog import RunLogger
 from rlvr.tasks import make_task
 from rlvr.verifiers import ScoredBatch, VerifierPool, load_verifier_file
+from rlvr.verifiers.base import STATUSES
 
 
 class RunExistsError(RuntimeError):
@@ -235,6 +239,9 @@ class Run:
     engine: object = None  # a RolloutEngine in this process, or EngineActors
     log: RunLogger | None = None
     version: int = 0  # the weights version the engines hold (the step of the last update pushed)
+    nonfinite_in_a_row: int = 0  # consecutive updates that met a NaN or inf
+    health: VerifierHealth | None = None
+    lock: RunLock | None = None
     t_run: float = 0.0  # perf_counter at the run's start (resumed runs: moved back by the time already spent)
 
 
@@ -258,8 +265,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
             t0 = time.perf_counter()
             col = producer.get(step)
             m = {"time/wait_rollouts_s": time.perf_counter() - t0, **rollout_metrics(run, col, step)}
+            run.health.check(col.scored, step)  # a verifier failing too often stops the run
             if col.rollouts:
                 m.update(learn(run, col, step))
+                guard_nonfinite(run, step, m, bar)
                 m.update(push_weights(run, step))
             else:
                 _say(bar, f"[{cfg.name} seed {cfg.seed}] step {step}: every group's rewards were equal; no update")
@@ -286,12 +295,14 @@ def setup(cfg: Config, resume: bool) -> Run | None:
     run_dir = cfg.run_dir
     rank = start_ranks(cfg)
     last = ckpt.latest_checkpoint(run_dir) if resume else None
+    lock = None
     if rank == 0:
         if not resume and (run_dir / "config.yaml").exists():
             raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
-        train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)  # data errors name the row, before any write
+        if cfg.model.name_or_path:
+            check_model(cfg.model.name_or_path)
+        lock = RunLock(run_dir)  # one writer per run folder
         init_path = initial_model(cfg, run_dir, tokenizer_text)
     if cfg.learner.world_size > 1:
         torch.distributed.barrier()  # rank 0 has checked the run and built the initial model
@@ -325,6 +336,8 @@ def setup(cfg: Config, resume: bool) -> Run | None:
     if rank > 0:
         follow(learner)  # until rank 0 stops
         return None
+    if resume and not last:
+        _say(None, f"[{cfg.name} seed {cfg.seed}] --resume: no readable checkpoint in {run_dir}; starting from step 0")
     run = Run(
         cfg,
         tokenizer,
@@ -337,10 +350,12 @@ def setup(cfg: Config, resume: bool) -> Run | None:
         PromptSampler(len(train_rows), cfg.seed),
         torch.Generator().manual_seed(cfg.seed),
         Monitor(cfg.monitor),
-        {"first_eval": None, "last_eval": None, "wall_s": 0.0},
+        {"first_eval": None, "last_eval": None, "wall_s": 0.0, "nonfinite_updates": 0},
         0,
         min(cfg.train.steps, cfg.train.stop_at) if cfg.train.stop_at > 0 else cfg.train.steps,
         policy_path,
+        health=VerifierHealth(cfg.verify),
+        lock=lock,
     )
     if last:
         state = ckpt.load_trainer_state(last)
@@ -376,6 +391,8 @@ def start_actors(run: Run) -> None:
             transport=r.sync_transport, timeout_s=r.sync_timeout_s, label=f"{cfg.name}/seed_{cfg.seed}", version=run.version,
         )
     run.log = RunLogger(cfg.run_dir, resume_step=run.start_step)
+    # the run has started (data, models, verifiers and engines all up): from now on the folder holds a run
+    (cfg.run_dir / "config.yaml").write_text(to_yaml(cfg))
     run.t_run = time.perf_counter() - run.history["wall_s"]
 
 
@@ -440,6 +457,11 @@ def rollout_metrics(run: Run, col: Collected, step: int) -> dict[str, float]:
         "reward/std": scores_B.std().item() if len(scores_B) > 1 else 0.0,
         "reward/pass_rate": (scores_B >= cfg.train.pass_threshold).float().mean().item(),
     }
+    statuses = Counter(r.status for r in col.scored.results)
+    for status in STATUSES:
+        m[f"verify/{status}_rate"] = statuses[status] / max(len(col.scored.results), 1)
+    m["verify/restarts"] = float(run.scorer.restarts)  # this process's, cumulative
+    m["verify/start_failures"] = float(run.scorer.start_failures)
     if cfg.algo.dynamic_sampling:
         m["rollout/dynamic_rounds"] = col.rounds
     if col.rollouts:
@@ -466,6 +488,10 @@ def learn(run: Run, col: Collected, step: int) -> dict[str, float]:
     )
     if cfg.ppo.whiten_advantages and critic is not None:
         advantages = masked_whiten(advantages, batch.mask)
+    real = batch.mask.bool()
+    if not (torch.isfinite(advantages[real]).all() and (returns is None or torch.isfinite(returns[real]).all())):
+        # a NaN/inf in the rewards, values or KL: nothing of this step is trained on
+        return {"learner/update_skipped": 1.0, "time/learn_s": time.perf_counter() - t}
     sampler_lp = torch.zeros_like(batch.mask)
     for i, r in enumerate(rollouts):
         sampler_lp[i, : len(r.sampler_logprobs)] = torch.tensor(r.sampler_logprobs)
@@ -500,13 +526,33 @@ def learn(run: Run, col: Collected, step: int) -> dict[str, float]:
         is_weights_BT=is_weights,
     )
     m["time/learn_s"] = time.perf_counter() - t
-    return {**m, **stats}
+    return {**m, **stats, "learner/update_skipped": 0.0}
+
+
+def guard_nonfinite(run: Run, step: int, m: dict[str, float], bar) -> None:
+    """Count an update that met a NaN or inf (skipped, whole or in part: `alerts/nonfinite`); stop
+    the run after `train.max_nonfinite_updates` such updates in a row."""
+    bad = m["learner/update_skipped"] > 0 or m.get("learner/nonfinite_steps", 0) > 0
+    m["alerts/nonfinite"] = float(bad)
+    run.nonfinite_in_a_row = run.nonfinite_in_a_row + 1 if bad else 0
+    run.history["nonfinite_updates"] = run.history.get("nonfinite_updates", 0) + bad
+    m["learner/nonfinite_updates_total"] = float(run.history["nonfinite_updates"])
+    if bad:
+        what = "advantages or returns" if m["learner/update_skipped"] else f"{m['learner/nonfinite_steps']:.0f} optimizer step(s)"
+        _say(bar, f"[{run.cfg.name} seed {run.cfg.seed}] step {step}: a NaN or inf in the {what}; skipped")
+    if run.nonfinite_in_a_row >= run.cfg.train.max_nonfinite_updates:
+        last = ckpt.latest_checkpoint(run.cfg.run_dir)
+        raise NonFiniteError(
+            f"step {step}: {run.nonfinite_in_a_row} updates in a row met a NaN or inf (train.max_nonfinite_updates="
+            f"{run.cfg.train.max_nonfinite_updates}); the run stops. The newest checkpoint ({last.name if last else 'none'}) "
+            "holds good weights: resume from it once the cause is fixed (a lower ppo.lr, a verifier's rewards, the data)"
+        )
 
 
 def push_weights(run: Run, step: int) -> dict[str, float]:
     """The updated policy into the rollout engine(s), as version `step`."""
     t = time.perf_counter()
-    weights = run.learner.policy_weights(DTYPES[run.cfg.model.dtype])
+    weights = _finite(run.learner.policy_weights(DTYPES[run.cfg.model.dtype]), step)
     if hasattr(run.engine, "push"):
         sent = run.engine.push(weights, step)
         return {"time/sync_s": sent["seconds"], "sync/bytes_per_s": sent["bytes"] / max(sent["seconds"], 1e-9)}
@@ -566,6 +612,8 @@ def close(run: Run) -> None:
     for part in (run.log, run.engine, run.scorer):
         if part is not None:
             part.close()
+    if run.lock is not None:
+        run.lock.release()
 
 
 def summarize(run: Run) -> dict:
@@ -586,6 +634,14 @@ def summarize(run: Run) -> dict:
     return summary
 
 
+def _finite(named, step: int):
+    """The weights, each checked on the way out: a NaN or inf never reaches the engines."""
+    for name, t in named:
+        if not torch.isfinite(t).all():
+            raise NonFiniteError(f"step {step}: the policy's {name} holds a NaN or inf after the update; it is not pushed to the engines")
+        yield name, t
+
+
 class _Serial:
     """The verifier pool for two threads (the rollout producer and evaluation): one call at a time."""
 
@@ -598,6 +654,14 @@ class _Serial:
 
     def close(self) -> None:
         self.pool.close()
+
+    @property
+    def restarts(self) -> int:
+        return getattr(self.pool, "restarts", 0)
+
+    @property
+    def start_failures(self) -> int:
+        return getattr(self.pool, "start_failures", 0)
 
 
 def _progress(steps: range, enabled: bool, cfg: Config):

@@ -45,5 +45,19 @@ def worker_main() -> None:
             return
         idx, completion, ground_truth, verifier, meta = task
         result = score_one(completion, ground_truth, verifier, **meta)
-        send_conn.send((idx, result.score, result.info))
+        send_conn.send((idx, result.score, plain(result.info)))
+
+
+def plain(value, depth: int = 0):
+    """`value` as built-in types only (what a plugin put in `info` may be an object of its own module,
+    which the parent could not unpickle): other objects become their repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if depth > 8:
+        return repr(value)[:200]
+    if isinstance(value, dict):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    return repr(value)[:200]
 

@@ -879,11 +879,65 @@ def scalars_equal(gold: str, pred: str, allow_symbolic: bool = True) -> bool:
 
 # ------------------------------------------------------------------------------------ symbolic
 
-_HUGE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*\d{5,}|\d{4,}\s*!|\^\s*\{[^{}]*\{")
+_HUGE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*\d{5,}|\d{4,}\s*!|\^\s*\{[^{}]*\{|\\uparrow|\*\*")
+_EXPONENT_TOKEN = re.compile(r"\s*(?:\\[a-zA-Z]+|[\w.]+)")
 
 
 def symbolic_safe(s: str) -> bool:
-    return len(s) <= MAX_SYMBOLIC_CHARS and not _HUGE.search(s) and "\\" + "begin" not in s
+    """Whether sympy may see `s`: short, no exponent that holds another exponent or a factorial
+    (towers: `2^{2^{100}}`, `2^(2^100)`, `e^{10!}`), no huge exponent, and factorials only of
+    operands without powers, factorials or numbers over 999 (`5!`, `(n-k)!`; never `(10!)!`,
+    `10^{10}!`, `3!!`, `1000!`)."""
+    if len(s) > MAX_SYMBOLIC_CHARS or _HUGE.search(s) or "\\" + "begin" in s:
+        return False
+    for m in re.finditer(r"\^", s):
+        exponent = _operand_after(s, m.end())
+        if "^" in exponent or "!" in exponent:
+            return False
+    for m in re.finditer(r"!", s):
+        operand, start = _operand_before(s, m.start())
+        if not operand or "!" in operand or "^" in operand or s[:start].rstrip().endswith(("^", "_")):
+            return False  # (10!)!, 3!!, 10^{10}!, 2^{10}!
+        if any(int(n) > 999 for n in re.findall(r"\d+", operand)):
+            return False  # 1000!, (2000+1)!
+    return True
+
+
+def _operand_before(s: str, i: int) -> tuple[str, int]:
+    """What the factorial sign at s[i] applies to, and where it starts: a group closed just before
+    it (to its opening), else one token; ("", i) when there is none."""
+    j = i
+    while j > 0 and s[j - 1] == " ":
+        j -= 1
+    if j and s[j - 1] in ")}":
+        close = s[j - 1]
+        opening, depth = "(" if close == ")" else "{", 0
+        for k in range(j - 1, -1, -1):
+            depth += s[k] == close
+            depth -= s[k] == opening
+            if depth == 0:
+                return s[k:j], k
+        return "", i
+    m = re.search(r"[\w.]+$", s[:j])
+    return (m.group(0), m.start()) if m else ("", i)
+
+
+def _operand_after(s: str, i: int) -> str:
+    """The exponent starting at s[i]: a brace or parenthesis group (to its match, or to the end if
+    unclosed), else one token."""
+    j = i
+    while j < len(s) and s[j] == " ":
+        j += 1
+    if j < len(s) and s[j] in "{(":
+        depth, close = 0, "}" if s[j] == "{" else ")"
+        for k in range(j, len(s)):
+            depth += s[k] == s[j]
+            depth -= s[k] == close
+            if depth == 0:
+                return s[j : k + 1]
+        return s[j:]
+    m = _EXPONENT_TOKEN.match(s, j)
+    return m.group(0) if m else ""
 
 
 def _sympy_of(latex: str):

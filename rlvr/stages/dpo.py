@@ -33,7 +33,7 @@ from rlvr.chat import ChatFormatError, answer_example, check_messages, stop_toke
 from rlvr.config import StageConfig, to_yaml
 from rlvr.learner import make_batch, response_logits
 from rlvr.logprobs import check_lean_model, lean_logprobs
-from rlvr.models import DTYPES, learner_device, load_policy, load_tokenizer, num_params
+from rlvr.models import DTYPES, check_model, learner_device, load_policy, load_tokenizer, num_params
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlog import RunLogger
@@ -219,6 +219,7 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
     if not cfg.model.name_or_path:
         raise StageError("dpo needs model.name_or_path: the SFT model to start from (and the reference)")
     last = prepare_run(cfg, resume)
+    check_model(cfg.model.name_or_path)  # a model that cannot be loaded stops here, before anything is written
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -273,11 +273,11 @@ def train_lm(cfg: StageConfig, mode: str, resume: bool = False, progress: bool =
     last = prepare_run(cfg, resume)
     run_dir = cfg.run_dir
     train_items, eval_items, tok_text = stage_texts(cfg, mode)
+    init = initial_model(cfg, run_dir, tok_text)  # a model that cannot be loaded stops here, before config.yaml
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     torch.manual_seed(cfg.seed)
 
-    init = initial_model(cfg, run_dir, tok_text)
     model_path = str(last / "policy") if last else init
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, "float32").to(learner_device())
