@@ -20,12 +20,14 @@ def _plugin(tmp_path, body: str, name: str = "faulty.py") -> str:
 
 
 def test_an_idle_worker_killed_between_calls_is_replaced(tmp_path):
+    rows = [{"ground_truth": "x^2", "verifier": "math"}] * 3
+    symbolic = ["\\boxed{x \\cdot x}", "\\boxed{x^3}", "\\boxed{2 x}"]  # only sympy decides these: the workers do
     with VerifierPool(workers=2, timeout_s=5.0) as pool:
-        assert pool.score(["\\boxed{x^2}"] * 2, [{"ground_truth": "x^2", "verifier": "math"}] * 2).scores == [1.0, 1.0]
+        assert pool.score(symbolic, rows).scores == [1.0, 0.0, 0.0]
         for w in pool._pool:  # the OOM killer, a signal: both idle workers die
             os.kill(w.proc.pid, signal.SIGKILL)
             w.proc.wait()
-        scored = pool.score(["\\boxed{x^2}", "\\boxed{x^3}", "\\boxed{2x}"], [{"ground_truth": "x^2", "verifier": "math"}] * 3)
+        scored = pool.score(symbolic, rows)
         assert scored.scores == [1.0, 0.0, 0.0] and [r.status for r in scored.results] == ["ok", "wrong", "wrong"]
         assert pool.restarts == 2
 
@@ -157,8 +159,8 @@ FLAKY = """
 import hashlib
 from rlvr.verifiers.builtin import allowed_words
 
-@register_verifier("flaky_words")
-def flaky_words(completion, ground_truth, **meta):
+@register_verifier("NAME")
+def flaky(completion, ground_truth, **meta):
     if int(hashlib.md5(completion.encode()).hexdigest(), 16) % 10 < RATE:  # a broken plugin, for some rows
         raise RuntimeError("the plugin's lookup table is missing an entry")
     return allowed_words(completion, ground_truth, **meta)
@@ -171,8 +173,8 @@ def _flaky_rows(tmp_path, rate: int) -> list[str]:
     for name, rows in (("train", train), ("eval", heldout)):
         with open(tmp_path / f"{name}.jsonl", "w") as f:
             for r in rows:
-                f.write(json.dumps({"prompt": r["prompt"], "ground_truth": r["ground_truth"], "verifier": "flaky_words"}) + "\n")
-    plugin = _plugin(tmp_path, FLAKY.replace("RATE", str(rate)), "flaky.py")
+                f.write(json.dumps({"prompt": r["prompt"], "ground_truth": r["ground_truth"], "verifier": f"flaky{rate}"}) + "\n")
+    plugin = _plugin(tmp_path, FLAKY.replace("RATE", str(rate)).replace("NAME", f"flaky{rate}"), f"flaky{rate}.py")
     return ["--data.task", "", "--data.train", str(tmp_path / "train.jsonl"), "--data.eval", str(tmp_path / "eval.jsonl"),
             "--data.eval_split", "train", "--verifier_files", f"[{plugin}]"]
 
@@ -248,7 +250,7 @@ def test_a_run_meets_a_nan_a_killed_worker_and_a_flaky_plugin_and_finishes(tmp_p
     assert rows[3]["learner/update_skipped"] == 1 and rows[5]["learner/nonfinite_steps"] >= 1
     assert rows[7]["learner/nonfinite_updates_total"] == 2
     assert rows[7]["verify/restarts"] >= 1
-    errors = [rows[s]["reward/flaky_words/error_rate"] for s in range(1, 8)]
+    errors = [rows[s]["reward/flaky3/error_rate"] for s in range(1, 8)]
     assert 0.15 < sum(errors) / len(errors) < 0.45, errors
     policy = torch.load(next((cfg.run_dir / "checkpoints").glob("step_7")) / "trainer_state.pt", weights_only=False)
     assert policy["history"]["nonfinite_updates"] == 2
@@ -274,7 +276,7 @@ def test_a_verifier_failing_most_rows_stops_the_run_with_its_name(tmp_path):
     from rlvr.trainer import train
 
     cfg = _cfg(tmp_path, *_flaky_rows(tmp_path, 8), "--verify.rate_window_steps", "2")
-    with pytest.raises(VerifierFailure, match=r"step 2: verifier 'flaky_words' gave `error` .*lookup table is missing"):
+    with pytest.raises(VerifierFailure, match=r"step 2: verifier 'flaky8' gave `error` .*lookup table is missing"):
         train(cfg, progress=False)
 
 

@@ -197,8 +197,9 @@ class VerifierPool:
         if msg == READY:
             w.ready, self.ever_ready, self._failed_starts_in_a_row = True, True, 0
             return
-        reason = f"exit code {w.proc.poll()}" if msg is None else f"unexpected message {msg!r}"[:200]
-        if not self.ever_ready:
+        code = w.proc.poll()
+        reason = f"exit code {code}" if msg is None else f"unexpected message {msg!r}"[:200]
+        if not self.ever_ready and not (code is not None and code < 0):  # (a signal, e.g. the OOM killer, is not the files' fault)
             raise RuntimeError(
                 f"a verifier worker failed to start ({reason}); see the error above "
                 f"(verifier files: {', '.join(self.verifier_files) or 'none'})"
