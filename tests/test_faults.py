@@ -124,6 +124,39 @@ HOSTILE = [
 ]
 
 
+BUILTIN_TRUTHS = {
+    "math": "4",
+    "math_strict": "4",
+    "gsm8k": "4",
+    "exact": "42",
+    "regex": r"\d+",
+    "format": {"required_tags": ["answer"]},
+    "combine": {"verifiers": [{"name": "exact", "ground_truth": "42"}, {"name": "math", "ground_truth": "42"}]},
+    "allowed_words": {"allowed": ["1", "2"], "min_words": 1},
+    "ifeval": {"instruction_id_list": ["detectable_format:json_format", "length_constraints:number_words"],
+               "kwargs": [{}, {"relation": "at least", "num_words": 5}]},
+    "ifeval_loose": {"instruction_id_list": ["startend:quotation", "change_case:english_capital"], "kwargs": [{}, {}]},
+}
+
+
+def test_every_builtin_verifier_takes_hostile_output_in_its_stride():
+    """Every built-in verifier against every hostile completion: a score in [0, 1] with a status, no
+    worker killed for a timeout or lost to a crash, all of it well inside the time limits."""
+    from rlvr.verifiers.registry import available_verifiers
+
+    assert set(BUILTIN_TRUTHS) == set(available_verifiers())  # a new built-in joins this table
+    comps = [c for c, _ in HOSTILE]
+    with VerifierPool(workers=2, timeout_s=10.0) as pool:
+        t = time.perf_counter()
+        for name, truth in BUILTIN_TRUTHS.items():
+            scored = pool.score(comps, [{"ground_truth": truth, "verifier": name}] * len(comps))
+            assert all(0.0 <= r.score <= 1.0 for r in scored.results)
+            bad = [(why, r.info) for (_, why), r in zip(HOSTILE, scored.results) if r.status in ("timeout", "error")]
+            assert not bad, (name, bad)
+        assert pool.restarts == 0
+        assert time.perf_counter() - t < 60
+
+
 @pytest.mark.parametrize("verifier,truth", [("math", "4"), ("math_strict", "4"), ("gsm8k", "4")])
 def test_hostile_output_is_scored_fast_without_restarts(verifier, truth):
     """Every hostile completion gets a score in [0, 1] with a status, each well inside the time limit,
