@@ -64,9 +64,8 @@ def cmd_train(args, overrides: list[str]) -> int:
 
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (DataError, RunExistsError, RunLockedError, FileNotFoundError) as e:
-        return _fail(str(e))
-    except (NonFiniteError, VerifierFailure, CheckpointError) as e:  # the run stopped itself; its checkpoints stand
+    # a run that could not start, or that stopped itself (NaNs, a failing verifier, no disk room): its checkpoints stand
+    except (DataError, RunExistsError, RunLockedError, FileNotFoundError, NonFiniteError, VerifierFailure, CheckpointError) as e:
         return _fail(str(e))
     except EngineError as e:  # an engine actor died or missed its timeout: the checkpoints stand
         return _fail(f"{e}\nresume from the newest checkpoint with: rlvr train --config {args.config} ... --resume")

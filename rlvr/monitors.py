@@ -12,9 +12,8 @@ console; each alert is printed once per run, the TensorBoard scalar every step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections import deque
+from dataclasses import dataclass, field
 
 from rlvr.config import MonitorConfig, VerifyConfig
 

@@ -56,18 +56,12 @@ class RunLock:
                 "wait for it, stop it, or give this run another name or seed"
             )
         print(f"rlvr: taking over the lock of {self.path.parent}: its owner (pid {pid}) is no longer running", file=sys.stderr)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
         if getattr(self, "owned", False):
             self.owned = False
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
+            self.path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

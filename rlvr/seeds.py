@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,7 +58,6 @@ def _die_with_parent() -> None:
     """In the training process, before exec: SIGTERM when the Ray worker that started it dies
     (killed, its node lost), so that no seed trains on with nobody to report to (Linux)."""
     import ctypes
-    import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -69,8 +69,6 @@ def _run_seed(cmd: list[str], log_path: str, env: dict) -> tuple[int, str]:
     """Inside the Ray task: the seed's training process (a process group of its own, with its
     engines and verifier workers); its output goes to the seed's log file. The task cancelled (the
     launcher interrupted or terminated) or its worker dying ends the whole group."""
-    import signal
-
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(
@@ -80,13 +78,13 @@ def _run_seed(cmd: list[str], log_path: str, env: dict) -> tuple[int, str]:
             while proc.poll() is None:  # a short poll, so that a cancellation (an async exception) gets in
                 time.sleep(0.2)
         except BaseException:  # the task was cancelled (KeyboardInterrupt) or the worker is exiting
-            _kill_group(proc, signal)
+            _kill_group(proc)
             raise
     tail = Path(log_path).read_text()[-2000:]
     return proc.returncode, tail
 
 
-def _kill_group(proc: subprocess.Popen, signal) -> None:
+def _kill_group(proc: subprocess.Popen) -> None:
     for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
@@ -145,7 +143,27 @@ def launch(
     queue = list(todo)
     stop = _StopOnSignal()
     try:
-        _schedule(queue, running, limit, task, config_path, overrides, cfg, env, threads, results)
+        while queue or running:
+            while queue and len(running) < limit:
+                s, resume = queue.pop(0)
+                log = str(Path(cfg.output_dir) / cfg.name / f"seed_{s}" / "train.log")
+                ref = task.remote(train_command(config_path, s, overrides, resume), log, {**env, "OMP_NUM_THREADS": threads})
+                running[ref] = (s, time.perf_counter())
+                print(f"[seeds] seed {s}: {'resumed' if resume else 'started'}", file=sys.stderr, flush=True)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                s, t0 = running.pop(ref)
+                try:
+                    code, tail = ray.get(ref)
+                except Exception as e:  # the task itself died (node lost, killed)
+                    code, tail = -1, f"{type(e).__name__}: {e}"
+                wall = time.perf_counter() - t0
+                if code == 0:
+                    results[s] = SeedResult(s, "ok", wall)
+                else:
+                    last = [line for line in tail.strip().splitlines() if line.strip()][-1:] or [""]
+                    results[s] = SeedResult(s, "failed", wall, f"exit status {code}: {last[0][:300]}")
+                print(f"[seeds] seed {s}: {results[s].status} in {wall:.0f} s {results[s].reason}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print(f"[seeds] stopping: cancelling {len(running)} running seed(s); they keep their checkpoints", file=sys.stderr, flush=True)
         for ref in running:
@@ -161,9 +179,6 @@ class _StopOnSignal:
     """SIGTERM (and SIGINT, already) raise KeyboardInterrupt in the launcher, so that it cancels its seeds."""
 
     def __init__(self):
-        import signal
-
-        self.signal = signal
         self.before = signal.getsignal(signal.SIGTERM)
         try:
             signal.signal(signal.SIGTERM, self._raise)
@@ -176,33 +191,7 @@ class _StopOnSignal:
 
     def restore(self) -> None:
         if self.before is not None:
-            self.signal.signal(self.signal.SIGTERM, self.before)
-
-
-def _schedule(queue, running, limit, task, config_path, overrides, cfg, env, threads, results) -> None:
-    import ray
-
-    while queue or running:
-        while queue and len(running) < limit:
-            s, resume = queue.pop(0)
-            log = str(Path(cfg.output_dir) / cfg.name / f"seed_{s}" / "train.log")
-            ref = task.remote(train_command(config_path, s, overrides, resume), log, {**env, "OMP_NUM_THREADS": threads})
-            running[ref] = (s, time.perf_counter())
-            print(f"[seeds] seed {s}: {'resumed' if resume else 'started'}", file=sys.stderr, flush=True)
-        done, _ = ray.wait(list(running), num_returns=1)
-        for ref in done:
-            s, t0 = running.pop(ref)
-            try:
-                code, tail = ray.get(ref)
-            except Exception as e:  # the task itself died (node lost, killed)
-                code, tail = -1, f"{type(e).__name__}: {e}"
-            wall = time.perf_counter() - t0
-            if code == 0:
-                results[s] = SeedResult(s, "ok", wall)
-            else:
-                last = [line for line in tail.strip().splitlines() if line.strip()][-1:] or [""]
-                results[s] = SeedResult(s, "failed", wall, f"exit status {code}: {last[0][:300]}")
-            print(f"[seeds] seed {s}: {results[s].status} in {wall:.0f} s {results[s].reason}", file=sys.stderr, flush=True)
+            signal.signal(signal.SIGTERM, self.before)
 
 
 def print_results(cfg: Config, results: list[SeedResult], wall_s: float) -> None:

@@ -657,11 +657,11 @@ class _Serial:
 
     @property
     def restarts(self) -> int:
-        return getattr(self.pool, "restarts", 0)
+        return self.pool.restarts
 
     @property
     def start_failures(self) -> int:
-        return getattr(self.pool, "start_failures", 0)
+        return self.pool.start_failures
 
 
 def _progress(steps: range, enabled: bool, cfg: Config):

@@ -33,17 +33,13 @@ from typing import Iterable, Iterator
 import torch
 
 from rlvr.rollouts.base import Rollout, Sampling
+from rlvr.rollouts.vllm_engine import VLLM_ENV
 
 TRANSPORTS = ("distributed", "object_store")
 
 # what an engine process needs whatever the caller's environment: vLLM in the actor's own
 # process, no torch.compile, quiet logs
-ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "TORCHDYNAMO_DISABLE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_LOGGING_LEVEL": "ERROR",
-}
+ENGINE_ENV = {**VLLM_ENV, "TOKENIZERS_PARALLELISM": "false"}
 
 
 class EngineError(RuntimeError):

@@ -24,7 +24,7 @@ class Rollout:
     text: str  # the completion decoded without special tokens
     sampler_logprobs: list[float]  # log pi_sampler(token) of each completion token, of the distribution sampled from (logits / temperature, after top-p)
     finish_reason: str  # "stop" or "length"
-    policy_version: int = 0  # updates the weights that produced it had seen (set by the engine actors)
+    policy_version: int = 0  # updates the weights that produced it had seen (set by the trainer or the engine actors)
 
 
 def derive_seed(*parts: int) -> int:

