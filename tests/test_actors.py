@@ -21,6 +21,18 @@ GRPO = "experiments/tiny/baselines/grpo.yaml"
 TIMING = ("time/", "rollout/tokens_per_s", "sync/bytes_per_s")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every engine here computes with one thread, in this process as in the actors (which run with
+    `rollout.engine_cpus` 1): two thread counts may split float reductions differently, and these
+    tests compare engines and runs exactly (the project's rule: exact only at the same thread count,
+    on one machine)."""
+    before = torch.get_num_threads()
+    torch._C.set_num_threads(1)  # (vLLM replaces torch.set_num_threads with a no-op once it has started)
+    yield
+    torch._C.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import gc
@@ -158,7 +170,8 @@ def test_engine_actors_match_the_in_process_engine_on_both_transports(ray_cluste
 
 def test_one_engine_actor_logs_the_in_process_run(ray_cluster, tmp_path):
     """Synchronous (max_staleness 0) with one engine actor: every metric the in-process run logs,
-    equal; the sampler's logprobs, from another process, match the learner's."""
+    equal (the same vLLM code on the same machine at one thread: any difference is a bug, never
+    rounding); the sampler's logprobs, from another process, match the learner's."""
     _, local = _run(tmp_path, "in_process")
     _, actor = _run(tmp_path, "one_actor", "--rollout.num_engines", "1")
     assert len(actor) == len(local) == 5
