@@ -197,11 +197,11 @@ def cmd_seeds_extend(argv: list[str]) -> int:
 
 
 def cmd_compare(args) -> int:
-    from rlvr.compare import compare
+    from rlvr.compare import CompareError, compare
 
     try:
-        compare(args.runs, args.metric, args.out)
-    except FileNotFoundError as e:
+        compare(args.runs, args.metric, args.out, at_step=args.at_step, pool=args.pool_steps, power=args.power)
+    except (FileNotFoundError, CompareError) as e:
         return _fail(str(e))
     print(f"written: {args.out}/compare.json, compare.csv, *.png", file=sys.stderr)
     return 0
@@ -256,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster in this process")
     cp = sub.add_parser("compare", help="statistics across seeds and experiments from TensorBoard event files")
     cp.add_argument("runs", nargs="+", help="experiment folders (holding seed_<k>/) or seed folders")
-    cp.add_argument("--metric", action="append", help="TensorBoard tag (repeatable); default: held-out pass rates, reward/mean")
+    cp.add_argument("--metric", action="append", help="TensorBoard tag, or min:TAG when lower is better (repeatable); default: held-out pass rates, reward/mean")
+    cp.add_argument("--at-step", type=int, help="compare every seed at this step (default: the largest step every seed logged)")
+    cp.add_argument("--pool-steps", action="store_true", help="let seeds short of the step count with their last value before it (values from different steps)")
+    cp.add_argument("--power", type=float, metavar="DELTA", help="seeds per method needed to tell two methods apart by DELTA (80%% power)")
     cp.add_argument("--out", default="compare_out", help="folder for compare.json, compare.csv and plots")
     v = sub.add_parser("verify", help="score completions in a JSONL file with the verifiers")
     v.add_argument("--input", required=True, help="JSONL rows with completion, ground_truth, verifier")

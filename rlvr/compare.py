@@ -1,15 +1,22 @@
-"""`rlvr compare RUN_DIR [RUN_DIR ...] [--metric TAG ...] [--out DIR]`: honest statistics across seeds.
+"""`rlvr compare RUN_DIR [RUN_DIR ...] [--metric TAG ...] [--at-step S] [--power DELTA] [--out DIR]`:
+honest statistics across seeds.
 
-Reads the TensorBoard event files (tensorboard's own reader), groups seed runs by experiment
-(`runs/<experiment>/seed_<k>/`), and reports per experiment and metric across seeds: the final
-and the best value and the curve's mean over all its logged points (the normalised area under
-the learning curve: how fast a method gets there), mean, standard deviation, IQM and
-stratified-bootstrap 95% confidence intervals (rliable), best-of-N beside the mean with its
-selection bias, and the probability of improvement of each experiment over each other. Writes
-a table (terminal, and compare.md to paste into a report), CSV, JSON, one PNG
-per metric (mean curve with its CI band, each seed faint), and an aggregate TensorBoard run per
-experiment (`<experiment>/aggregate/{mean,ci_low,ci_high}`) so TensorBoard draws the band
-beside the seeds.
+Reads the TensorBoard event files (tensorboard's own reader) and groups seed runs by experiment
+(`runs/<experiment>/seed_<k>/`; a folder of experiments, such as a sweep's, gives one experiment
+per subfolder). Every seed is compared at one step: by default the largest step that every seed
+of every experiment logged the metric at, stated in the output; seeds that ran longer (extended,
+the survivors of culling) are cut there, and values from different steps are never pooled unless
+asked (`--pool-steps`). Per experiment and metric: mean, standard deviation, IQM, the best of N
+seeds beside the mean with its selection bias, and the curve's mean up to that step (the
+normalised area under the learning curve). Between experiments: the difference of means and the
+probability of improvement, each with a 95% interval, and a ranking when there are more than two
+(rlvr/stats.py says which interval is which, and why). `--power DELTA` adds how many seeds would
+tell two methods apart by DELTA, and how the interval width and the best-of-N bias shrink with N.
+
+Writes a table (terminal, and compare.md to paste into a report), CSV, JSON, one PNG per metric
+(each experiment's mean curve with its 95% band on the steps all its seeds logged, each seed
+faint) and an aggregate TensorBoard run per experiment (`<experiment>/aggregate/{mean,ci_low,
+ci_high}`) so TensorBoard draws the band beside the seeds.
 """
 
 from __future__ import annotations
@@ -22,8 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from rlvr import stats
+
 DEFAULT_METRICS = ("eval/heldout/greedy_pass_rate", "eval/heldout/sampled_pass_rate", "reward/mean")
 SEED_DIR = re.compile(r"^seed_(\d+)$")
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared as asked (no common step, seeds short of --at-step, ...)."""
 
 
 @dataclass
@@ -40,15 +53,22 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def _seed_dirs(p: Path) -> list[Path]:
+    return sorted(d for d in p.iterdir() if d.is_dir() and SEED_DIR.match(d.name))
+
+
 def find_experiments(paths: list[str]) -> dict[str, Experiment]:
-    """Each path is an experiment folder (holding seed_<k>/) or one seed folder."""
+    """Each path is an experiment folder (holding seed_<k>/), a folder of experiments (a sweep:
+    each subfolder holding seed_<k>/ is one) or one seed folder."""
     experiments: dict[str, Experiment] = {}
     for p in map(Path, paths):
         if not p.is_dir():
             raise FileNotFoundError(f"not a folder: {p}")
-        seed_dirs = [p] if SEED_DIR.match(p.name) else sorted(d for d in p.iterdir() if SEED_DIR.match(d.name))
+        seed_dirs = [p] if SEED_DIR.match(p.name) else _seed_dirs(p)
         if not seed_dirs:
-            raise FileNotFoundError(f"{p}: no seed_<k>/ run folders")
+            seed_dirs = [d for sub in sorted(p.iterdir()) if sub.is_dir() for d in _seed_dirs(sub)]
+        if not seed_dirs:
+            raise FileNotFoundError(f"{p}: no seed_<k>/ run folders (nor experiment folders holding them)")
         for d in seed_dirs:
             root = d.parent
             exp = experiments.setdefault(str(root), Experiment(root.name, root))
@@ -60,20 +80,73 @@ def find_experiments(paths: list[str]) -> dict[str, Experiment]:
     return {e.name: e for e in experiments.values()}
 
 
-def bootstrap_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Stratified-bootstrap 95% CIs of the mean and the IQM over seeds (rliable)."""
-    import warnings
+# ---------------------------------------------------------------------------- one step for every seed
 
-    from rliable import library as rly
-    from rliable import metrics
 
-    # rliable 1.2 hands arch a RandomState, which arch 7.2 warns about on every call
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
-    scores = {"x": values.reshape(-1, 1)}
-    fn = lambda s: np.array([metrics.aggregate_mean(s), metrics.aggregate_iqm(s)])  # noqa: E731
-    _, cis = rly.get_interval_estimates(scores, fn, reps=reps, random_state=np.random.RandomState(seed))
-    ci = cis["x"]
-    return {"mean": (float(ci[0, 0]), float(ci[1, 0])), "iqm": (float(ci[0, 1]), float(ci[1, 1]))}
+@dataclass
+class Aligned:
+    """Every included seed's value of one metric at one step."""
+
+    tag: str
+    step: int
+    how: str
+    values: dict[str, dict[int, float]]  # experiment -> seed -> value at `step`
+    curves: dict[str, dict[int, list[tuple[int, float]]]]  # experiment -> seed -> points up to `step`
+    longer: list[str] = field(default_factory=list)  # seeds that went on past `step` (their later values unused)
+    pooled: list[str] = field(default_factory=list)  # seeds whose value is from an earlier step (--pool-steps)
+    missing: list[str] = field(default_factory=list)  # seeds that never logged the metric (up to `step`)
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "how": self.how, "longer": self.longer, "pooled": self.pooled, "missing": self.missing}
+
+
+def align(experiments: dict[str, Experiment], tag: str, at_step: int | None = None, pool: bool = False) -> Aligned | None:
+    """Each seed's value of `tag` at one common step (None: no seed logged `tag`)."""
+    series = {(n, s): dict(v[tag]) for n, e in experiments.items() for s, v in sorted(e.seeds.items()) if v.get(tag)}
+    if not series:
+        return None
+    label = lambda key: f"{key[0]}/seed_{key[1]}"  # noqa: E731
+    missing = [label((n, s)) for n, e in experiments.items() for s in sorted(e.seeds) if (n, s) not in series]
+    if at_step is None:
+        common = set.intersection(*(set(points) for points in series.values()))
+        if not common:
+            lasts = ", ".join(f"{label(k)} {min(p)}-{max(p)}" for k, p in series.items())
+            raise CompareError(f"{tag}: the seeds share no logged step (steps logged: {lasts}); pick one with --at-step and --pool-steps")
+        step, how = max(common), "the largest step every seed logged"
+    else:
+        step, how = at_step, "--at-step"
+    values: dict[str, dict[int, float]] = {n: {} for n in experiments}
+    curves: dict[str, dict[int, list[tuple[int, float]]]] = {n: {} for n in experiments}
+    out = Aligned(tag, step, how, values, curves, missing=missing)
+    off = []
+    for key, points in series.items():
+        if step in points:
+            value = points[step]
+        else:
+            before = [k for k in points if k <= step]
+            off.append(f"{label(key)} (last logged at step {max(before) if before else 'none'} ≤ {step})")
+            if not pool:
+                continue
+            if not before:
+                out.missing.append(label(key))
+                continue
+            value = points[max(before)]
+            out.pooled.append(off[-1])
+        values[key[0]][key[1]] = value
+        curves[key[0]][key[1]] = sorted((k, v) for k, v in points.items() if k <= step)
+        if max(points) > step:
+            out.longer.append(f"{label(key)} (to step {max(points)})")
+    if off and not pool:
+        raise CompareError(
+            f"{tag}: not every seed logged step {step}: {', '.join(off)}. Compare at a step they all reached "
+            "(leave out --at-step), or pass --pool-steps to use each seed's last value before it (values from different steps)"
+        )
+    if not any(values.values()):
+        return None
+    return out
+
+
+# ---------------------------------------------------------------------------- statistics
 
 
 def seed_stats(values: np.ndarray) -> dict:
@@ -81,16 +154,14 @@ def seed_stats(values: np.ndarray) -> dict:
     from rliable import metrics
 
     n = len(values)
-    ci = bootstrap_ci(values) if n > 1 else {"mean": (float(values[0]),) * 2, "iqm": (float(values[0]),) * 2}
-    mean = float(values.mean())
-    best = float(values.max())
+    mean, best = float(values.mean()), float(values.max())
     return {
         "n": n,
         "mean": mean,
         "std": float(values.std(ddof=1)) if n > 1 else 0.0,
         "iqm": float(metrics.aggregate_iqm(values.reshape(-1, 1))),
-        "mean_ci95": ci["mean"],
-        "iqm_ci95": ci["iqm"],
+        "mean_ci95": stats.mean_ci(values),
+        "iqm_ci95": iqm_ci(values),
         "best_of_n": best,
         # Reporting the best of N seeds overstates what one run of this config gives by this much:
         "selection_bias": best - mean,
@@ -98,30 +169,98 @@ def seed_stats(values: np.ndarray) -> dict:
     }
 
 
-def summarize(experiments: dict[str, Experiment], metrics_: list[str]) -> dict:
-    out: dict = {"experiments": {}, "probability_of_improvement": {}}
-    finals: dict[str, dict[str, np.ndarray]] = {}
-    for name, exp in experiments.items():
-        out["experiments"][name] = {"seeds": sorted(exp.seeds), "metrics": {}}
-        for tag in metrics_:
-            series = {s: v[tag] for s, v in exp.seeds.items() if tag in v and v[tag]}
-            if not series:
-                continue
-            final = np.array([series[s][-1][1] for s in sorted(series)])
-            best = np.array([max(v for _, v in series[s]) for s in sorted(series)])
-            auc = np.array([np.mean([v for _, v in series[s]]) for s in sorted(series)])
-            out["experiments"][name]["metrics"][tag] = {"final": seed_stats(final), "best": seed_stats(best), "auc": seed_stats(auc)}
-            finals.setdefault(tag, {})[name] = final
-    from rliable import metrics as rmetrics
+def iqm_ci(values: np.ndarray, reps: int = 2000) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the IQM (rliable's stratified bootstrap; one task)."""
+    import warnings
 
-    for tag, by_exp in finals.items():
-        names = sorted(by_exp)
-        for a in names:
-            for b in names:
-                if a != b:
-                    p = float(rmetrics.probability_of_improvement(by_exp[a].reshape(-1, 1), by_exp[b].reshape(-1, 1)))
-                    out["probability_of_improvement"].setdefault(tag, {})[f"{a} > {b}"] = p
+    from rliable import library as rly
+    from rliable import metrics
+
+    if len(values) < 2:
+        return float(values[0]), float(values[0])
+    # rliable 1.2 hands arch a RandomState, which arch 7.2 warns about on every call
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
+    _, cis = rly.get_interval_estimates({"x": values.reshape(-1, 1)}, metrics.aggregate_iqm, reps=reps, random_state=np.random.RandomState(0))
+    return float(cis["x"][0, 0]), float(cis["x"][1, 0])
+
+
+def parse_metric(text: str) -> tuple[str, int]:
+    """`TAG`, `max:TAG` or `min:TAG` -> (tag, +1 when higher is better, -1 when lower is)."""
+    kind, colon, tag = text.partition(":")
+    if colon and kind in ("min", "max"):
+        return tag, -1 if kind == "min" else 1
+    return text, 1
+
+
+def summarize(experiments: dict[str, Experiment], metrics_: list[str], at_step: int | None = None, pool: bool = False,
+              power: float | None = None) -> dict:
+    out: dict = {"experiments": {n: {"seeds": sorted(e.seeds), "metrics": {}} for n, e in experiments.items()},
+                 "aligned": {}, "pairs": {}, "ranking": {}}
+    ns = []
+    for spec in metrics_:
+        tag, sign = parse_metric(spec)
+        a = align(experiments, tag, at_step, pool)
+        if a is None:
+            continue
+        out["aligned"][tag] = a.to_json()
+        finals = {}
+        for name in experiments:
+            seeds = sorted(a.values[name])
+            if not seeds:
+                continue
+            final = np.array([a.values[name][s] for s in seeds])
+            best = np.array([max(v for _, v in a.curves[name][s]) for s in seeds])
+            auc = np.array([np.mean([v for _, v in a.curves[name][s]]) for s in seeds])
+            out["experiments"][name]["metrics"][tag] = {
+                "step": a.step, "seeds": seeds, "final": seed_stats(final), "best": seed_stats(best), "auc": seed_stats(auc)
+            }
+            finals[name] = final
+            ns.append(len(final))
+        out["pairs"][tag] = {
+            f"{x} vs {y}": {
+                "diff": float(finals[x].mean() - finals[y].mean()),
+                "diff_ci95": stats.diff_ci(finals[x], finals[y]),
+                "p_improvement": float(stats.prob_improvement(finals[x], finals[y])),
+                "p_improvement_ci95": stats.prob_improvement_ci(finals[x], finals[y]),
+            }
+            for x in finals for y in finals if x != y
+        }
+        if len(finals) > 2:
+            out["ranking"][tag] = ranking(finals, out["pairs"][tag], sign)
+        if power is not None:
+            out.setdefault("power", {})[tag] = power_table(finals, power)
+    out["intervals"] = stats.interval_note(ns) if ns else ""
     return out
+
+
+def ranking(finals: dict[str, np.ndarray], pairs: dict, sign: int) -> list[dict]:
+    """Experiments by mean, best first; each against the best: the difference and P(best > it), with intervals."""
+    order = sorted(finals, key=lambda n: -sign * finals[n].mean())
+    top = order[0]
+    rows = []
+    for name in order:
+        row = {"experiment": name, "mean": float(finals[name].mean()), "mean_ci95": stats.mean_ci(finals[name])}
+        if name != top:
+            p = pairs[f"{top} vs {name}"]
+            row.update(gap=p["diff"], gap_ci95=p["diff_ci95"], p_top_better=p["p_improvement"], p_top_better_ci95=p["p_improvement_ci95"])
+            if sign < 0:  # lower is better: P(top < it) = 1 − P(top > it) with ties split
+                row.update(p_top_better=1 - row["p_top_better"], p_top_better_ci95=tuple(1 - v for v in row["p_top_better_ci95"][::-1]))
+        rows.append(row)
+    return rows
+
+
+def power_table(finals: dict[str, np.ndarray], delta: float) -> dict:
+    sigma = stats.pooled_std(list(finals.values()))
+    return {
+        "delta": delta,
+        "pooled_std": sigma,
+        "seeds_per_method": stats.seeds_needed(delta, sigma) if np.isfinite(sigma) else None,
+        "seeds_per_method_normal_approx": stats.seeds_needed_normal(delta, sigma) if np.isfinite(sigma) else None,
+        "precision_by_n": {name: stats.precision_by_n(v) for name, v in finals.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- curves, TensorBoard, plots
 
 
 def curves(exp: Experiment, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -135,6 +274,12 @@ def curves(exp: Experiment, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(steps), np.array([[s[k] for k in steps] for s in series])
 
 
+def band(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval of the mean at each step (columns of [seeds, steps])."""
+    cis = [stats.mean_ci(vals[:, j], reps=1000) for j in range(vals.shape[1])]
+    return np.array([c[0] for c in cis]), np.array([c[1] for c in cis])
+
+
 def write_aggregate_runs(exp: Experiment, metrics_: list[str]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -145,18 +290,17 @@ def write_aggregate_runs(exp: Experiment, metrics_: list[str]) -> None:
             if c is None:
                 continue
             steps, vals = c
+            low, high = band(vals)
             for j, step in enumerate(steps):
-                col = vals[:, j]
-                lo, hi = bootstrap_ci(col, reps=500)["mean"] if len(col) > 1 else (col[0], col[0])
-                writers["mean"].add_scalar(tag, float(col.mean()), int(step))
-                writers["ci_low"].add_scalar(tag, lo, int(step))
-                writers["ci_high"].add_scalar(tag, hi, int(step))
+                writers["mean"].add_scalar(tag, float(vals[:, j].mean()), int(step))
+                writers["ci_low"].add_scalar(tag, float(low[j]), int(step))
+                writers["ci_high"].add_scalar(tag, float(high[j]), int(step))
     finally:
         for w in writers.values():
             w.close()
 
 
-def plot(experiments: dict[str, Experiment], tag: str, path: Path) -> bool:
+def plot(experiments: dict[str, Experiment], tag: str, path: Path, at_step: int | None) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,14 +313,17 @@ def plot(experiments: dict[str, Experiment], tag: str, path: Path) -> bool:
         if c is None:
             continue
         steps, vals = c
-        color = f"C{i}"
-        for row in vals:
-            ax.plot(steps, row, color=color, alpha=0.2, linewidth=0.8)
-        cis = [bootstrap_ci(vals[:, j], reps=500)["mean"] if len(vals) > 1 else (vals[0, j],) * 2 for j in range(len(steps))]
-        ax.fill_between(steps, [c[0] for c in cis], [c[1] for c in cis], color=color, alpha=0.25)
+        color = f"C{i % 10}"
+        for v in exp.seeds.values():  # every seed whole, also past the steps the others reached
+            if tag in v:
+                ax.plot(*zip(*v[tag]), color=color, alpha=0.2, linewidth=0.8)
+        low, high = band(vals)
+        ax.fill_between(steps, low, high, color=color, alpha=0.25)
         ax.plot(steps, vals.mean(0), color=color, linewidth=2, label=f"{name} (mean of {len(vals)}, 95% CI)")
         drawn = True
     if drawn:
+        if at_step is not None:
+            ax.axvline(at_step, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("step")
         ax.set_ylabel(tag)
         ax.legend(loc="best", fontsize=8)
@@ -186,86 +333,124 @@ def plot(experiments: dict[str, Experiment], tag: str, path: Path) -> bool:
     return drawn
 
 
-def compare(paths: list[str], metrics_: list[str] | None, out_dir: str) -> dict:
+# ---------------------------------------------------------------------------- the command
+
+
+def compare(paths: list[str], metrics_: list[str] | None, out_dir: str, at_step: int | None = None, pool: bool = False,
+            power: float | None = None) -> dict:
     metrics_ = list(metrics_ or DEFAULT_METRICS)
     experiments = find_experiments(paths)
-    result = summarize(experiments, metrics_)
+    result = summarize(experiments, metrics_, at_step, pool, power)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     with open(out / "compare.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["experiment", "metric", "seeds", "final_mean", "final_std", "final_iqm", "mean_ci_low", "mean_ci_high",
+        w.writerow(["experiment", "metric", "step", "seeds", "final_mean", "final_std", "final_iqm", "mean_ci_low", "mean_ci_high",
                     "iqm_ci_low", "iqm_ci_high", "best_of_n", "selection_bias", "best_mean", "auc_mean", "auc_std",
                     "auc_ci_low", "auc_ci_high"])
         for name, e in result["experiments"].items():
             for tag, m in e["metrics"].items():
                 f_ = m["final"]
-                w.writerow([name, tag, f_["n"], f_["mean"], f_["std"], f_["iqm"], *f_["mean_ci95"], *f_["iqm_ci95"],
+                w.writerow([name, tag, m["step"], f_["n"], f_["mean"], f_["std"], f_["iqm"], *f_["mean_ci95"], *f_["iqm_ci95"],
                             f_["best_of_n"], f_["selection_bias"], m["best"]["mean"], m["auc"]["mean"], m["auc"]["std"],
                             *m["auc"]["mean_ci95"]])
-    (out / "compare.md").write_text(markdown_table(result))
+    (out / "compare.md").write_text(markdown(result))
     result["plots"] = []
-    for tag in metrics_:
+    for spec in metrics_:
+        tag = parse_metric(spec)[0]
         path = out / (re.sub(r"[^\w.-]+", "_", tag) + ".png")
-        if plot(experiments, tag, path):
+        if plot(experiments, tag, path, result["aligned"].get(tag, {}).get("step")):
             result["plots"].append(str(path))
     for exp in experiments.values():
-        write_aggregate_runs(exp, metrics_)
-    print_table(result)
+        write_aggregate_runs(exp, [parse_metric(m)[0] for m in metrics_])
+    print_tables(result)
     return result
 
 
-def _cells(name: str, tag: str, m: dict) -> list[str]:
-    f, a = m["final"], m["auc"]
-    return [
-        name, tag, str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", f"[{f['mean_ci95'][0]:.3f}, {f['mean_ci95'][1]:.3f}]",
-        f"{f['iqm']:.3f} [{f['iqm_ci95'][0]:.3f}, {f['iqm_ci95'][1]:.3f}]", f"{a['mean']:.3f} [{a['mean_ci95'][0]:.3f}, {a['mean_ci95'][1]:.3f}]",
-        f"{f['best_of_n']:.3f}", f"+{f['selection_bias']:.3f}",
-    ]
+# ---------------------------------------------------------------------------- tables
+
+COLUMNS = ("experiment", "metric", "step", "n", "final mean ± std", "mean 95% CI", "IQM [95% CI]", "AUC [95% CI]", "best of n", "bias of best")
 
 
-COLUMNS = ("experiment", "metric", "n", "final mean ± std", "mean 95% CI", "IQM [95% CI]", "AUC [95% CI]", "best of n", "bias of best")
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def markdown_table(result: dict) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table of a comparison, in order; both the terminal and compare.md draw these."""
+    rows = []
     for name, e in result["experiments"].items():
         for tag, m in e["metrics"].items():
-            lines.append("| " + " | ".join(_cells(name, tag, m)) + " |")
-    for tag, names, rows in _poi_matrices(result):
-        lines += ["", f"P(row > column) on the final {tag}:", "", "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
-        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in zip(names, rows)]
-    return "\n".join(lines) + "\n"
+            f, a = m["final"], m["auc"]
+            rows.append([
+                name, tag, str(m["step"]), str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", _ci(f["mean_ci95"]),
+                f"{f['iqm']:.3f} {_ci(f['iqm_ci95'])}", f"{a['mean']:.3f} {_ci(a['mean_ci95'])}", f"{f['best_of_n']:.3f}",
+                f"+{f['selection_bias']:.3f}",
+            ])
+    out = [("value at the aligned step across seeds", list(COLUMNS), rows)]
+    for tag, pairs in result["pairs"].items():
+        names = [n for n in result["experiments"] if tag in result["experiments"][n]["metrics"]]
+        if len(names) < 2:
+            continue
+        cell = lambda a, b, k: "" if a == b else f"{pairs[f'{a} vs {b}'][k]:+.3f} {_ci(pairs[f'{a} vs {b}'][k + '_ci95'])}"  # noqa: E731
+        out.append((f"difference of means, row − column, of {tag} [95% CI]", ["", *names],
+                    [[a, *(cell(a, b, "diff") for b in names)] for a in names]))
+        cell = lambda a, b: "" if a == b else f"{pairs[f'{a} vs {b}']['p_improvement']:.2f} {_ci(pairs[f'{a} vs {b}']['p_improvement_ci95'])}"  # noqa: E731
+        out.append((f"P(row > column) on {tag} [95% CI]", ["", *names], [[a, *(cell(a, b) for b in names)] for a in names]))
+    for tag, ranked in result["ranking"].items():
+        head = ["rank", "experiment", "mean [95% CI]", "behind the first [95% CI]", "P(first better) [95% CI]"]
+        body = [[str(i + 1), r["experiment"], f"{r['mean']:.3f} {_ci(r['mean_ci95'])}",
+                 f"{r['gap']:+.3f} {_ci(r['gap_ci95'])}" if "gap" in r else "", f"{r['p_top_better']:.2f} {_ci(r['p_top_better_ci95'])}" if "gap" in r else ""]
+                for i, r in enumerate(ranked)]
+        out.append((f"ranking by {tag}", head, body))
+    for tag, p in result.get("power", {}).items():
+        n = p["seeds_per_method"]
+        names = list(p["precision_by_n"])
+        title = (f"power on {tag}: to tell two methods apart by {p['delta']:g} (σ = {p['pooled_std']:.4f} pooled over the seeds; two-sided "
+                 f"t-test, α = 0.05, 80% power, noncentral t) takes {n if n is not None else 'more than 100000'} seeds per method "
+                 f"(normal approximation 2σ²(z₀.₉₇₅ + z₀.₈)²/δ² = {p['seeds_per_method_normal_approx']:.1f}). With N seeds, from "
+                 "resampling the seeds at hand: width of the 95% range of the N-seed mean / best-of-N bias")
+        body = [[str(row["n"]), *(f"{p['precision_by_n'][name][i]['ci_width']:.3f} / +{p['precision_by_n'][name][i]['best_of_n_bias']:.3f}" for name in names)]
+                for i, row in enumerate(p["precision_by_n"][names[0]])]
+        out.append((title, ["N", *names], body))
+    return out
 
 
-def print_table(result: dict) -> None:
+def notes(result: dict) -> list[str]:
+    lines = []
+    for tag, a in result["aligned"].items():
+        line = f"{tag}: compared at step {a['step']} ({a['how']})"
+        for key, what in (("longer", "ran longer, cut at that step"), ("pooled", "POOLED from earlier steps (--pool-steps)"),
+                          ("missing", "did not log it")):
+            if a[key]:
+                line += f"; {what}: {', '.join(a[key])}"
+        lines.append(line)
+    lines.append(result["intervals"])
+    lines.append("AUC: the curve's mean over its logged points up to the step (area under the learning curve, normalised). "
+                 "best of n: the best seed's value; its bias is how much reporting it overstates the mean run.")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for title, head, rows in tables(result):
+        lines += [f"{title}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    return "\n".join(lines + notes(result)) + "\n"
+
+
+def print_tables(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=True)
-    table = Table(title="final value across seeds (95% CIs: stratified bootstrap)")
-    for col in COLUMNS:
-        table.add_column(col)
-    for name, e in result["experiments"].items():
-        for tag, m in e["metrics"].items():
-            table.add_row(*_cells(name, tag, m))
-    console.print(table)
-    console.print("AUC: the curve's mean over its logged points (area under the learning curve, normalised).")
-    console.print("best of n: the best seed's final value; the bias column is how much reporting it overstates the mean run.")
-    for tag, names, rows in _poi_matrices(result):
-        t = Table(title=f"P(row > column) on the final {tag} (rliable's probability of improvement)")
-        t.add_column("")
-        for name in names:
-            t.add_column(name, justify="right")
-        for name, cells in zip(names, rows):
-            t.add_row(name, *cells)
+    for title, head, rows in tables(result):
+        t = Table(title=title)
+        for col in head:
+            t.add_column(col)
+        for r in rows:
+            t.add_row(*r)
         console.print(t)
-
-
-def _poi_matrices(result: dict):
-    """(metric, experiment names, rows of cells) of the probability-of-improvement matrices."""
-    for tag, pairs in result["probability_of_improvement"].items():
-        names = sorted({p.split(" > ")[0] for p in pairs}, key=list(result["experiments"]).index)
-        rows = [["" if a == b else f"{pairs[f'{a} > {b}']:.2f}" for b in names] for a in names]
-        yield tag, names, rows
+    for line in notes(result):
+        console.print(line, soft_wrap=True, highlight=False)

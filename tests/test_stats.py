@@ -1,0 +1,72 @@
+"""Seed statistics (rlvr/stats.py): interval coverage on draws with a known answer, power by hand."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from rlvr import stats
+
+
+def coverage(interval, n: int, draws: int, rng) -> float:
+    """How often the 95% interval of mean(a) − mean(b) covers the true 0.1, over seeds drawn
+    from normal distributions (σ = 0.1) of means 0.5 and 0.4."""
+    hits = 0
+    for i in range(draws):
+        a, b = rng.normal(0.5, 0.1, n), rng.normal(0.4, 0.1, n)
+        lo, hi = interval(a, b, i)
+        hits += lo <= 0.1 <= hi
+    return hits / draws
+
+
+def percentile(a, b, i):
+    ci = sps.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), method="percentile", n_resamples=1000,
+                       random_state=i, vectorized=True).confidence_interval
+    return ci.low, ci.high
+
+
+def test_difference_interval_covers_the_true_difference():
+    # 400 draws: a coverage of 0.95 is measured within ±0.011 (one binomial standard error)
+    got = coverage(lambda a, b, i: stats.diff_ci(a, b, reps=1000, seed=i), 5, 400, np.random.default_rng(0))
+    assert 0.92 <= got <= 0.985, got
+    # at 3 seeds per method too (bootstrap-t is conservative there), where the percentile bootstrap undercovers
+    boot_t = coverage(lambda a, b, i: stats.diff_ci(a, b, reps=1000, seed=i), 3, 400, np.random.default_rng(1))
+    pct = coverage(percentile, 3, 400, np.random.default_rng(1))
+    assert boot_t >= 0.92 and pct <= 0.90 and boot_t - pct >= 0.05, (boot_t, pct)
+
+
+def test_interval_of_a_mean_is_that_of_a_difference_from_a_constant():
+    a = np.array([0.3, 0.1, 0.45, 0.2, 0.35])
+    # resampling a constant changes nothing: same t*, same interval (the same random stream draws a's resamples)
+    assert stats.mean_ci(a, seed=3) == pytest.approx(stats.diff_ci(a, np.zeros(4), seed=3), abs=1e-12)
+    assert stats.mean_ci(np.full(4, 0.7)) == (0.7, 0.7)  # no spread: the interval is the point
+    assert stats.diff_ci(np.full(3, 1.0), np.full(3, 0.5)) == (0.5, 0.5)
+
+
+def test_probability_of_improvement_by_hand():
+    # a = (1, 2, 3), b = (2, 2): pairs a > b: 3 > 2 twice; ties: 2 = 2 twice (half each): (2 + 1) / 6 = 0.5
+    assert stats.prob_improvement([1, 2, 3], [2, 2]) == pytest.approx(0.5)
+    assert stats.prob_improvement([3, 4], [1, 2]) == 1.0
+    lo, hi = stats.prob_improvement_ci([3, 4], [1, 2])
+    assert lo == hi == 1.0  # every resample still has a above b
+
+
+def test_seeds_needed_by_hand():
+    # Cohen (1988), table 2.4.1: a two-sided t-test at α = 0.05 reaches 80% power with 64 / 26 / 17 per group
+    # for effect sizes d = δ/σ of 0.5 / 0.8 / 1.0
+    assert [stats.seeds_needed(d * 0.1, 0.1) for d in (0.5, 0.8, 1.0)] == [64, 26, 17]
+    # d = 1: 16 seeds are not quite enough, 17 are (power 0.7813 and 0.8070, noncentral t with df 2n − 2)
+    assert stats.t_test_power(16, 0.1, 0.1) == pytest.approx(0.7813, abs=1e-3)
+    assert stats.t_test_power(17, 0.1, 0.1) == pytest.approx(0.8070, abs=1e-3)
+    # the normal approximation: 2 (1.959964 + 0.841621)² σ²/δ² = 2 × 7.848876 = 15.698 at σ = δ
+    assert stats.seeds_needed_normal(0.1, 0.1) == pytest.approx(15.6978, abs=1e-3)
+    # pooled σ: groups (0, 2) and (1, 3, 5): (1 × 2 + 2 × 4) / 3 = 10/3
+    assert stats.pooled_std([np.array([0.0, 2.0]), np.array([1.0, 3.0, 5.0])]) == pytest.approx(np.sqrt(10 / 3))
+
+
+def test_precision_by_n_from_resampled_seeds():
+    # seeds scoring 0 or 1 half the time: the best of N is 1 unless all N are 0, E[max] = 1 − 0.5^N,
+    # so the best-of-N bias over the mean 0.5 is 0.25 at N = 2, 0.375 at 3, 0.46875 at 5
+    rows = stats.precision_by_n([0.0, 1.0], ns=(2, 3, 5), reps=20_000)
+    assert [r["best_of_n_bias"] for r in rows] == pytest.approx([0.25, 0.375, 0.46875], abs=0.01)
+    # the central 95% of the mean of N such seeds spans 0..1 up to N = 5: P(all N are 0) = 1/32 > 2.5% at N = 5
+    assert [r["ci_width"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
