@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from rlvr.config import RFTConfig, to_yaml
+from rlvr.config import RFTConfig, check_resume, to_yaml
 from rlvr.learner import make_batch, response_logits
 from rlvr.ppo import token_logprobs
 from rlvr.rollouts import Rollout
@@ -81,6 +81,8 @@ def run_rft(cfg: RFTConfig, resume: bool = False, progress: bool = True) -> dict
     run_dir = cfg.run_dir
     if not resume and (run_dir / "config.yaml").exists():
         raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+    if resume:
+        check_resume(run_dir, cfg)
     train_rows, heldout_rows, text = prepare_data(cfg)
     if cfg.model.name_or_path:
         check_model(cfg.model.name_or_path)

@@ -56,7 +56,9 @@ def cmd_train(args, overrides: list[str]) -> int:
         return subprocess.run([*cmd, "-m", "rlvr.cli", "train", "--config", args.config, *flags, *overrides]).returncode
     from rlvr.backends import NonFiniteError
     from rlvr.checkpoint import CheckpointError
+    from rlvr.config import ConfigError
     from rlvr.data import DataError
+    from rlvr.models import ResourceError
     from rlvr.monitors import VerifierFailure
     from rlvr.rollouts.actors import EngineError
     from rlvr.runlock import RunLockedError
@@ -65,7 +67,8 @@ def cmd_train(args, overrides: list[str]) -> int:
     try:
         summary = train(cfg, resume=args.resume, progress=not args.no_progress)
     # a run that could not start, or that stopped itself (NaNs, a failing verifier, no disk room): its checkpoints stand
-    except (DataError, RunExistsError, RunLockedError, FileNotFoundError, NonFiniteError, VerifierFailure, CheckpointError) as e:
+    except (ConfigError, ResourceError, DataError, RunExistsError, RunLockedError, FileNotFoundError, NonFiniteError, VerifierFailure,
+            CheckpointError) as e:
         return _fail(str(e))
     except EngineError as e:  # an engine actor died or missed its timeout: the checkpoints stand
         return _fail(f"{e}\nresume from the newest checkpoint with: rlvr train --config {args.config} ... --resume")
@@ -84,6 +87,7 @@ def cmd_train(args, overrides: list[str]) -> int:
 def cmd_stage(args, overrides: list[str]) -> int:
     if (cfg := _config(args, overrides, "StageConfig")) is None:
         return 2
+    from rlvr.config import ConfigError
     from rlvr.data import DataError
     from rlvr.stages.lm import StageError
 
@@ -96,7 +100,7 @@ def cmd_stage(args, overrides: list[str]) -> int:
             from rlvr.stages.lm import train_lm
 
             summary = train_lm(cfg, args.command, resume=args.resume, progress=not args.no_progress)
-    except (StageError, DataError, FileNotFoundError) as e:
+    except (StageError, DataError, FileNotFoundError, ConfigError) as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2), file=sys.stderr)
     return 0
@@ -133,67 +137,94 @@ def cmd_rft(args, overrides: list[str]) -> int:
     if (cfg := _config(args, overrides, "RFTConfig")) is None:
         return 2
     from rlvr.baselines.rft import run_rft
+    from rlvr.config import ConfigError
     from rlvr.data import DataError
     from rlvr.trainer import RunExistsError
 
     try:
         summary = run_rft(cfg, resume=args.resume, progress=not args.no_progress)
-    except (DataError, RunExistsError, OSError) as e:
+    except (DataError, RunExistsError, OSError, ConfigError) as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2), file=sys.stderr)
     return 0
 
 
+def _launched(results, title: str, wall_s: float, tag: str = "eval/heldout/greedy_pass_rate") -> int:
+    from rlvr.seeds import print_results
+
+    print_results(results, title, wall_s, tag)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        who = ", ".join(f"{r.job.cell} seed {r.seed}" if r.job.cell else str(r.seed) for r in failed)
+        print(f"rlvr: {len(failed)} of {len(results)} seeds failed ({who}); run the same command again to resume them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _launch(start) -> tuple[list | None, int]:
+    """Run `start()` (which launches seeds): its results, or None and the exit status after a one-line error."""
+    from rlvr.config import ConfigError
+    from rlvr.seeds import LaunchError
+
+    try:
+        return start(), 0
+    except KeyboardInterrupt:
+        print("rlvr: seeds stopped; run the same command again to resume them", file=sys.stderr)
+        return None, 130
+    except (LaunchError, ConfigError, ValueError, FileNotFoundError) as e:
+        return None, _fail(str(e))
+
+
 def cmd_seeds(args, overrides: list[str]) -> int:
     from rlvr.config import ConfigError, load_config
-    from rlvr.seeds import launch, parse_seeds, print_results
+    from rlvr.seeds import launch, parse_seeds, seed_jobs, successive_halving
 
     try:
         seeds = parse_seeds(args.seeds)
         cfg = load_config(args.config, overrides)
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
+    jobs = seed_jobs(args.config, cfg, seeds, overrides)
     t = time.perf_counter()
     if args.halving_every > 0:
-        from rlvr.seeds import successive_halving
-
-        results, _ = successive_halving(
-            args.config, cfg, seeds, overrides, args.halving_every, args.halving_metric, args.max_parallel, args.address
-        )
+        results, code = _launch(lambda: successive_halving(jobs, args.halving_every, args.halving_metric, args.max_parallel, args.address)[0])
     else:
-        try:
-            results = launch(args.config, cfg, seeds, overrides, max_parallel=args.max_parallel, address=args.address)
-        except KeyboardInterrupt:
-            print("rlvr: seeds stopped; run the same command again to resume them", file=sys.stderr)
-            return 130
-    print_results(cfg, results, time.perf_counter() - t)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        print(f"rlvr: {len(failed)} of {len(results)} seeds failed ({', '.join(str(r.seed) for r in failed)}); "
-              "run the same command again to resume them", file=sys.stderr)
-        return 1
-    return 0
+        results, code = _launch(lambda: launch(jobs, max_parallel=args.max_parallel, address=args.address))
+    return code if results is None else _launched(results, cfg.name, time.perf_counter() - t)
 
 
 def cmd_seeds_extend(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="rlvr seeds extend", description="continue the best seeds of an experiment")
     p.add_argument("experiment", help="the experiment folder, e.g. runs/kinds")
     p.add_argument("--top", type=int, required=True, help="how many of the best seeds")
-    p.add_argument("--by", default="eval/heldout/greedy_pass_rate", help="the metric that ranks seeds (its last value)")
-    p.add_argument("--steps", type=int, required=True, help="more steps for each chosen seed")
+    p.add_argument("--by", default="max:eval/heldout/greedy_pass_rate",
+                   help="max:TAG or min:TAG, the metric that ranks seeds (at the largest step every seed logged it)")
+    p.add_argument("--steps", type=int, required=True, help="more steps for each chosen seed, from its newest checkpoint")
     p.add_argument("--max-parallel", type=int)
     p.add_argument("--address")
     args = p.parse_args(argv)
-    from rlvr.config import ConfigError
-    from rlvr.seeds import extend, print_results
+    from rlvr.seeds import extend
 
     t = time.perf_counter()
+    out, code = _launch(lambda: extend(args.experiment, args.top, args.by, args.steps, args.max_parallel, args.address))
+    return code if out is None else _launched(out[1], args.experiment, time.perf_counter() - t)
+
+
+def cmd_sweep(args, overrides: list[str]) -> int:
+    from rlvr.config import ConfigError
+    from rlvr.seeds import launch, parse_grid, parse_seeds, sweep_jobs
+
     try:
-        cfg, results = extend(args.experiment, args.top, args.by, args.steps, args.max_parallel, args.address)
-    except (FileNotFoundError, ValueError, ConfigError) as e:
+        root, jobs = sweep_jobs(args.config, parse_grid(args.grid), parse_seeds(args.seeds), overrides)
+    except (ConfigError, ValueError) as e:
         return _fail(str(e))
-    print_results(cfg, results, time.perf_counter() - t)
-    return 1 if any(r.status == "failed" for r in results) else 0
+    t = time.perf_counter()
+    results, code = _launch(lambda: launch(jobs, max_parallel=args.max_parallel, address=args.address))
+    if results is None:
+        return code
+    code = _launched(results, str(root), time.perf_counter() - t)
+    print(f"compare the cells: rlvr compare {root}", file=sys.stderr)
+    return code
 
 
 def cmd_compare(args) -> int:
@@ -251,9 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--config", required=True, help="experiment YAML")
     sd.add_argument("--seeds", required=True, help="e.g. 0-7 or 0,2,5")
     sd.add_argument("--halving-every", type=int, default=0, help="successive halving: cull half the seeds at this step, twice it, ... (off: 0)")
-    sd.add_argument("--halving-metric", default="eval/heldout/greedy_pass_rate", help="the metric that decides who stays")
-    sd.add_argument("--max-parallel", type=int, help="seeds running at once (default: as many as Ray's resources allow)")
-    sd.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster in this process")
+    sd.add_argument("--halving-metric", default="max:eval/heldout/greedy_pass_rate", help="max:TAG or min:TAG: who stays (its value at the round's step)")
+    sw = sub.add_parser("sweep", help="a grid of configs x seeds as one Ray job; each cell an experiment folder")
+    sw.add_argument("--config", required=True, help="experiment YAML")
+    sw.add_argument("--grid", nargs="+", required=True, help="field=v1,v2 ... (e.g. ppo.lr=1e-6,3e-6 algo.baseline=grpo,gae)")
+    sw.add_argument("--seeds", required=True, help="e.g. 0-4")
+    for p_ in (sd, sw):
+        p_.add_argument("--max-parallel", type=int, help="seeds running at once (default: as many as Ray's resources allow)")
+        p_.add_argument("--address", help="join a Ray cluster (e.g. auto; its nodes must share the run folder); default: a local cluster")
     cp = sub.add_parser("compare", help="statistics across seeds and experiments from TensorBoard event files")
     cp.add_argument("runs", nargs="+", help="experiment folders (holding seed_<k>/) or seed folders")
     cp.add_argument("--metric", action="append", help="TensorBoard tag, or min:TAG when lower is better (repeatable); default: held-out pass rates, reward/mean")
@@ -279,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_recipe(args, rest)
     if args.command == "seeds":
         return cmd_seeds(args, rest)
+    if args.command == "sweep":
+        return cmd_sweep(args, rest)
     if args.command == "bestofn":
         return cmd_bestofn(args, rest)
     if args.command == "rft":

@@ -71,7 +71,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature (> 0); the learner's logprobs, KL and entropy are of logits / temperature too
     top_p: float = 1.0  # must be 1: the learner does not reproduce a top-p truncated distribution (its ratios would be wrong)
     kv_cache_mb: int = 64  # vLLM KV cache size on the CPU
-    gpu_memory_utilization: float = 0.5  # vLLM on a GPU (its share of each engine's GPU)
+    gpu_memory_utilization: float = 0.0  # vLLM's share of a GPU's memory; 0: half the seed's GPU share (resources.gpus) in-process, 0.9 of engine_gpus for actors
     num_engines: int = 0  # N > 0: N engines as Ray actors, each a process of its own; 0: the engine in the trainer's process
     engine_cpus: float = 1.0  # Ray CPUs reserved per engine actor (also its thread count)
     engine_gpus: float = 0.0  # Ray GPUs per engine actor (a fraction shares a GPU, e.g. with the learner)
@@ -242,6 +242,14 @@ class Config(SeedRun):
             )
         if r.sync_timeout_s <= 0:
             raise ConfigError(f"rollout.sync_timeout_s must be > 0, got {r.sync_timeout_s}")
+        if self.resources.gpus < 0 or r.engine_gpus < 0:
+            raise ConfigError("resources.gpus and rollout.engine_gpus must not be negative")
+        share, whose = (r.engine_gpus, "rollout.engine_gpus") if r.num_engines > 0 else (self.resources.gpus, "resources.gpus")
+        if not 0 <= r.gpu_memory_utilization <= min(1.0, share if 0 < share < 1 else 1.0):
+            raise ConfigError(
+                f"rollout.gpu_memory_utilization {r.gpu_memory_utilization} must lie in [0, {min(1.0, share if 0 < share < 1 else 1.0):g}]: "
+                f"the engine runs in a share of {share:g} GPU ({whose}), and more would take memory from the seeds beside it"
+            )
         a, n = self.algo, self.rollout.samples_per_prompt
         group = a.baseline in ("grpo", "dr_grpo", "rloo")
         if (group or a.dynamic_sampling) and n < 2:
@@ -251,6 +259,19 @@ class Config(SeedRun):
             raise ConfigError(
                 f"algo.overlong_buffer ({a.overlong_buffer}) must be below rollout.max_new_tokens ({self.rollout.max_new_tokens})"
             )
+
+
+def engine_gpu_memory(cfg: Config) -> float:
+    """vLLM's gpu_memory_utilization (the fraction of a whole GPU's memory it may take): as set, else the engine's
+    part of the GPU share it runs in. In the trainer's process the engine shares the seed's share
+    (resources.gpus; a fraction packs several seeds on one GPU) with the learner, and takes half; an engine
+    actor takes 0.9 of its own share (rollout.engine_gpus), leaving room for the CUDA context."""
+    r = cfg.rollout
+    if r.gpu_memory_utilization > 0:
+        return r.gpu_memory_utilization
+    if r.num_engines > 0:
+        return 0.9 * (r.engine_gpus if 0 < r.engine_gpus < 1 else 1.0)
+    return 0.5 * (cfg.resources.gpus if 0 < cfg.resources.gpus < 1 else 1.0)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -598,3 +619,34 @@ class RFTConfig(SeedRun):
             raise ConfigError("rft fine-tunes each round with learner.backend torch")
         if self.rounds < 1 or self.keep_per_prompt < 1 or self.samples_per_prompt < 1:
             raise ConfigError("rounds, keep_per_prompt and samples_per_prompt must be at least 1")
+
+
+# ---------------------------------------------------------------------------- resuming
+
+# What a resumed run may change: how long it runs (train.steps, train.stop_at: `rlvr seeds extend` and
+# successive halving use them), how it keeps checkpoints, what it reserves on Ray, and where its folder
+# is. Nothing that changes what a step computes.
+RESUMABLE = ("train.steps", "train.stop_at", "train.checkpoint_every", "train.keep_checkpoints", "resources.", "name", "output_dir")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume(run_dir: Path, cfg) -> None:
+    """A run resumes only under the config it started with (up to the RESUMABLE fields): anything else
+    would mix two configs in one run's curves. The error names every field that differs."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return
+    saved, now = _flat(to_dict(load_config(path, cls=type(cfg)))), _flat(to_dict(cfg))
+    resumable = lambda k: k in RESUMABLE or any(k.startswith(p) for p in RESUMABLE if p.endswith("."))  # noqa: E731
+    changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and not resumable(k)]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} was started with another config ({'; '.join(changed)}): resuming would mix two configs in one run. "
+            f"Put those values back, or start a new run (another name or seed); a resumed run may change only {', '.join(p + '*' if p.endswith('.') else p for p in RESUMABLE)}"
+        )

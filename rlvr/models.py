@@ -107,6 +107,22 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
+class ResourceError(RuntimeError):
+    """A GPU the run reserved is not there."""
+
+
+def require_gpus(reserved: float) -> None:
+    """A run that reserved GPUs (`resources.gpus`) trains on one, or stops: never quietly on the CPU."""
+    import os
+
+    if reserved > 0 and not torch.cuda.is_available():
+        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ResourceError(
+            f"resources.gpus is {reserved:g} but this process sees no CUDA device "
+            f"(CUDA_VISIBLE_DEVICES={seen!r}, torch {torch.__version__}): set resources.gpus: 0 to train on the CPU"
+        )
+
+
 def learner_device() -> torch.device:
     """Where training computes: this rank's GPU when there is one (LOCAL_RANK under a launcher), else the CPU."""
     import os

@@ -34,13 +34,13 @@ import torch
 from rlvr import checkpoint as ckpt
 from rlvr.baselines import compute_advantages, get_baseline
 from rlvr.baselines.dapo import informative_groups, overlong_penalty
-from rlvr.config import Config, ConfigError, to_dict, to_yaml
+from rlvr.config import Config, ConfigError, check_resume, engine_gpu_memory, to_dict, to_yaml
 from rlvr.data import DataError, PromptSampler, encode_prompts, ground_truth_text, load_rows, normalize_rows
 from rlvr.learner import PPOLearner, RankMirror, follow, make_batch
 from rlvr.backends import NonFiniteError
 from rlvr.monitors import Monitor, VerifierHealth
 from rlvr.producer import RolloutProducer
-from rlvr.models import DTYPES, check_model, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params
+from rlvr.models import DTYPES, check_model, initial_model, learner_device, load_critic, load_policy, load_tokenizer, num_params, require_gpus
 from rlvr.ppo import KL_ESTIMATORS, masked_mean, masked_whiten, tis_weights, token_rewards
 from rlvr.rollouts import Rollout, Sampling, derive_seed, make_engine
 from rlvr.runlock import RunLock
@@ -253,6 +253,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict:
     run = setup(cfg, resume)
     if run is None:  # a learner rank other than 0 has followed rank 0 to the end
         return {}
+    if run.start_step >= run.end:  # e.g. the first command run again after `rlvr seeds extend` took this seed further
+        _say(None, f"[{cfg.name} seed {cfg.seed}] the run is at step {run.start_step}, at or past step {run.end}: nothing to train")
+        close(run)
+        return summarize(run)
     producer = None
     try:
         start_actors(run)
@@ -299,6 +303,9 @@ def setup(cfg: Config, resume: bool) -> Run | None:
     if rank == 0:
         if not resume and (run_dir / "config.yaml").exists():
             raise RunExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+        if resume:
+            check_resume(run_dir, cfg)  # never two configs in one run
+        require_gpus(cfg.resources.gpus)
         train_rows, heldout_rows, tokenizer_text = prepare_data(cfg)  # data errors name the row, before any write
         if cfg.model.name_or_path:
             check_model(cfg.model.name_or_path)
@@ -314,6 +321,8 @@ def setup(cfg: Config, resume: bool) -> Run | None:
     policy_path = str(last / "policy") if last else init_path
     tokenizer = load_tokenizer(policy_path)
     device = learner_device()
+    if device.type == "cuda" and 0 < cfg.resources.gpus < 1:  # k seeds on one GPU: this one keeps to its share
+        torch.cuda.set_per_process_memory_fraction(cfg.resources.gpus, device)
     policy = load_policy(policy_path, "float32").to(device)
     ref = load_policy(init_path, cfg.model.dtype).to(device) if cfg.ppo.kl_coef > 0 else None
     critic = None
@@ -378,7 +387,7 @@ def start_actors(run: Run) -> None:
         dtype=cfg.model.dtype,
         max_model_len=cfg.data.max_prompt_tokens + r.max_new_tokens,
         kv_cache_mb=r.kv_cache_mb,
-        gpu_memory_utilization=r.gpu_memory_utilization,
+        gpu_memory_utilization=engine_gpu_memory(cfg),
         seed=cfg.seed,
     )
     if r.num_engines == 0:
@@ -621,7 +630,7 @@ def summarize(run: Run) -> dict:
     summary = {
         "experiment": cfg.name,
         "seed": cfg.seed,
-        "steps": cfg.train.steps,
+        "steps": max(run.start_step, run.end),  # the run's last step
         "stopped_at": None if run.end == cfg.train.steps else run.end,
         "wall_s": round(history["wall_s"], 2),
         "initial": history["first_eval"],
@@ -629,7 +638,9 @@ def summarize(run: Run) -> dict:
         "params": num_params(run.policy),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if run.end == cfg.train.steps:  # a run stopped early (train.stop_at) is not finished: no summary.json
+    # a run stopped early (train.stop_at) is not finished: no summary.json; nor is a run asked to stop short of
+    # where it already is (its summary.json stands, with its real last step)
+    if run.end == cfg.train.steps and run.start_step <= run.end:
         (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

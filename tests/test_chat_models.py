@@ -273,7 +273,7 @@ small_rl = ["--data.train", f"{root}/rl.jsonl", "--data.eval", f"{root}/rl.jsonl
             "--data.max_prompt_tokens", "640", "--rollout.prompts_per_step", "4", "--rollout.samples_per_prompt", "2",
             "--rollout.max_new_tokens", "16", "--ppo.epochs", "1", "--ppo.micro_batch_size", "8", "--train.steps", "2",
             "--train.eval_every", "2", "--train.eval_samples", "2", "--train.checkpoint_every", "2",
-            "--verify.workers", "1", "--verifier_files", f"{root}/my_verifiers.py", "--output_dir", out]
+            "--verify.workers", "1", "--verifier_files", f"{root}/my_verifiers.py", "--output_dir", out, "--resources.gpus", "0"]
 run("pretrain", "--config", f"{root}/pre.yaml")
 run("sft", "--config", f"{root}/sft.yaml")
 run("dpo", "--config", f"{root}/dpo_file.yaml")

@@ -27,7 +27,7 @@ import torch
 from rlvr import checkpoint as ckpt
 from rlvr.chat import IGNORE, ChatFormatError, check_messages, sft_example, stop_token_ids
 from rlvr.backends import ModelTrainer, make_trainer
-from rlvr.config import LearnerConfig, StageConfig, to_yaml
+from rlvr.config import LearnerConfig, StageConfig, check_resume, to_yaml
 from rlvr.learner import lr_lambda
 from rlvr.logprobs import check_lean_model, model_head_logprobs
 from rlvr.models import DTYPES, initial_model, learner_device, load_policy, load_tokenizer, num_params
@@ -264,6 +264,8 @@ def prepare_run(cfg: StageConfig, resume: bool) -> Path | None:
     run_dir = cfg.run_dir
     if not resume and (run_dir / "config.yaml").exists():
         raise StageError(f"{run_dir} already holds a run; pass --resume to continue it, or change name/seed")
+    if resume:
+        check_resume(run_dir, cfg)
     return ckpt.latest_checkpoint(run_dir) if resume else None
 
 
