@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -444,7 +445,7 @@ def print_tables(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 220)  # a log file: whole rows, not squeezed
     for title, head, rows in tables(result):
         t = Table(title=title)
         for col in head:

@@ -316,7 +316,7 @@ def print_results(results: list[SeedResult], title: str, wall_s: float, tag: str
         table.add_row(*[r.job.cell] * cells, str(r.seed), r.status, f"{r.wall_s:.0f}" if r.wall_s else "-",
                       str(rep["last_step"]) if rep["last_step"] is not None else "-",
                       f"{rep['final']:.3f}" if rep["final"] is not None else "-", alerts or "-", r.reason)
-    Console(stderr=True).print(table)
+    Console(stderr=True, width=None if sys.stderr.isatty() else 220).print(table)  # a log file: whole rows
 
 
 def value_at(run_dir: Path, tag: str, step: int) -> float | None:

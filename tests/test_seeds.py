@@ -133,12 +133,12 @@ def test_extend_continues_the_best_seeds(seeded):
     assert other[-1]["step"] == 6
 
 
-def test_successive_halving_culls_by_the_held_out_metric(tmp_path):
-    from rlvr.seeds import final_metric
+def test_halving_then_extend_adds_exactly_n_steps_to_culled_and_kept_seeds(tmp_path):
+    from rlvr.config import load_config
 
     args = ["--train.steps", "8", "--train.eval_every", "2", "--train.checkpoint_every", "2"]
     proc = run("seeds", "--config", str(TINY), "--seeds", "0-3", "--max-parallel", "2", "--output_dir", str(tmp_path),
-               "--halving-every", "2", "--halving-metric", "reward/mean", *args)
+               "--halving-every", "2", "--halving-metric", "max:reward/mean", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     root = tmp_path / "kinds"
     last_step = {s: read_metrics(root / f"seed_{s}")[-1]["step"] for s in range(4)}
@@ -150,4 +150,112 @@ def test_successive_halving_culls_by_the_held_out_metric(tmp_path):
     kept = sorted(s for s, v in last_step.items() if v >= 4)
     assert kept == sorted(sorted(at2, key=lambda s: -at2[s])[:2])
     assert "halving at step 2" in proc.stderr and "culled at 2" in proc.stderr
-    assert final_metric(root / f"seed_{finished[0]}", "reward/mean") is not None
+    assert "last step" in proc.stderr  # the launcher's table
+
+    # every seed 2 more steps, from its own checkpoint under its own config: the culled ones go on along
+    # their 8-step schedule (stop_at), the finished one gets a 10-step schedule
+    proc = run("seeds", "extend", str(root), "--top", "4", "--by", "max:reward/mean", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ranked by max:reward/mean at step 2, the largest step every seed logged it" in " ".join(proc.stderr.split())
+    after = {s: read_metrics(root / f"seed_{s}")[-1]["step"] for s in range(4)}
+    assert after == {s: v + 2 for s, v in last_step.items()}
+    for s, v in last_step.items():
+        saved = load_config(root / f"seed_{s}" / "config.yaml").train
+        assert (saved.steps, saved.stop_at) == ((8, v + 2) if v < 8 else (10, 0))
+    (done,) = finished
+    assert json.loads((root / f"seed_{done}" / "summary.json").read_text())["steps"] == 10
+    # the first command again: the extended seed is past its 8 steps and stays as it is
+    proc = run("seeds", "--config", str(TINY), "--seeds", str(done), "--output_dir", str(tmp_path), *args)
+    assert proc.returncode == 0 and "started" not in proc.stderr and "resumed" not in proc.stderr, proc.stderr[-2000:]
+    assert json.loads((root / f"seed_{done}" / "summary.json").read_text())["steps"] == 10
+
+
+def test_resume_under_another_config_is_refused(seeded):
+    out, _ = seeded
+    proc = run("train", "--config", str(TINY), "--output_dir", str(out), "--seed", "0", *SHORT, "--ppo.clip_low", "0.3",
+               "--algo.baseline", "rloo", "--resume")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "was started with another config (algo.baseline 'gae' -> 'rloo'; ppo.clip_low 0.2 -> 0.3)" in proc.stderr
+    # only the run-length fields may change: the run is at its last step, so 6 -> 4 steps trains nothing
+    proc = run("train", "--config", str(TINY), "--output_dir", str(out), "--seed", "0", *SHORT, "--train.steps", "4", "--resume")
+    assert proc.returncode == 0 and "the run is at step 6, at or past step 4: nothing to train" in proc.stderr, proc.stderr[-2000:]
+    assert json.loads((out / "kinds" / "seed_0" / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_gpu_reserved_but_not_there_is_an_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run("train", "--config", str(TINY), "--output_dir", str(tmp_path), "--resources.gpus", "0.5")
+    assert proc.returncode == 2 and proc.stderr.startswith("rlvr: error: resources.gpus is 0.5 but this process sees no CUDA device")
+    assert not (tmp_path / "kinds").exists()
+    proc = run("seeds", "--config", str(TINY), "--seeds", "0-1", "--output_dir", str(tmp_path), "--resources.gpus", "0.25")
+    assert proc.returncode == 2 and "rlvr: error: resources.gpus is 0.25 per seed, but the Ray cluster has 0 GPUs" in proc.stderr
+
+
+def test_gpu_shares():
+    from rlvr.config import ConfigError, engine_gpu_memory, load_config
+    from rlvr.seeds import Job, _job_env, check_gpus
+
+    cfg = lambda *o: load_config(TINY, list(o))  # noqa: E731
+    # four seeds on one GPU: each engine takes half of its seed's quarter; an actor 0.9 of its own share
+    assert engine_gpu_memory(cfg("--resources.gpus", "0.25")) == 0.125
+    assert engine_gpu_memory(cfg("--resources.gpus", "1")) == 0.5
+    assert engine_gpu_memory(cfg("--rollout.num_engines", "1", "--rollout.engine_gpus", "0.5")) == pytest.approx(0.45)
+    assert engine_gpu_memory(cfg("--resources.gpus", "0.25", "--rollout.gpu_memory_utilization", "0.2")) == 0.2
+    with pytest.raises(ConfigError, match=r"must lie in \[0, 0.25\]: the engine runs in a share of 0.25 GPU \(resources.gpus\)"):
+        cfg("--resources.gpus", "0.25", "--rollout.gpu_memory_utilization", "0.3")
+    # a seed that reserved no GPU sees none (Ray would leave them all visible); one that did keeps Ray's choice
+    assert _job_env(Job("x", cfg(), 0, []), None)["CUDA_VISIBLE_DEVICES"] == ""
+    assert "CUDA_VISIBLE_DEVICES" not in _job_env(Job("x", cfg("--resources.gpus", "0.5"), 0, []), None)
+    check_gpus([Job("x", cfg("--resources.gpus", "0.5"), 0, [])], 1.0)
+    with pytest.raises(ValueError, match="resources.gpus is 2 per seed, but the Ray cluster has 1 GPUs"):
+        check_gpus([Job("x", cfg("--resources.gpus", "2"), 0, [])], 1.0)
+
+
+def test_every_node_must_see_the_run_folder(tmp_path):
+    import ray
+
+    from rlvr.seeds import nodes_missing
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert nodes_missing(tmp_path / "runs") == []
+        # a node whose folder of that name holds something else (its own local disk): the marker does not match
+        (node,) = [n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]]
+        assert nodes_missing(tmp_path / "runs", token="another disk") == [node]
+        assert list((tmp_path / "runs").iterdir()) == []  # the marker is gone
+    finally:
+        ray.shutdown()
+
+
+def test_sweep_of_two_fields_times_two_seeds(tmp_path):
+    fast = ["--rollout.engine", "hf", "--train.steps", "2", "--train.eval_every", "2", "--train.checkpoint_every", "2",
+            "--data.num_eval", "16", "--monitor.entropy_min", "100"]  # an entropy floor no policy meets: every seed raises the alert
+    args = ["sweep", "--config", str(TINY), "--grid", "algo.baseline=grpo,rloo", "ppo.lr=1e-3,3e-3", "--seeds", "0-1",
+            "--max-parallel", "2", "--output_dir", str(tmp_path), *fast]
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "kinds"
+    cells = sorted(d.name for d in root.iterdir() if d.is_dir())
+    assert cells == ["algo.baseline=grpo,ppo.lr=1e-3", "algo.baseline=grpo,ppo.lr=3e-3", "algo.baseline=rloo,ppo.lr=1e-3",
+                     "algo.baseline=rloo,ppo.lr=3e-3"]
+    from rlvr.config import load_config
+
+    for cell in cells:
+        for seed in (0, 1):
+            saved = load_config(root / cell / f"seed_{seed}" / "config.yaml")
+            values = dict(kv.split("=") for kv in cell.split(","))
+            assert (saved.algo.baseline, saved.ppo.lr) == (values["algo.baseline"], float(values["ppo.lr"]))
+            assert json.loads((root / cell / f"seed_{seed}" / "summary.json").read_text())["steps"] == 2
+    assert "entropy_collapse (1)" in proc.stderr  # the launcher's table lists each seed's alerts
+    again = run(*args)
+    assert again.returncode == 0 and "started" not in again.stderr, again.stderr[-2000:]
+    cmp = run("compare", str(root), "--metric", "reward/mean", "--out", str(tmp_path / "cmp"))
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert sorted(r["experiment"] for r in result["ranking"]["reward/mean"]) == cells
+    assert result["aligned"]["reward/mean"]["step"] == 2
+    assert "UNRELIABLE with fewer than 5 seeds per method (here 2)" in " ".join(cmp.stderr.split())
