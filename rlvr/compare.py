@@ -162,6 +162,7 @@ def seed_stats(values: np.ndarray) -> dict:
         "std": float(values.std(ddof=1)) if n > 1 else 0.0,
         "iqm": float(metrics.aggregate_iqm(values.reshape(-1, 1))),
         "mean_ci95": stats.mean_ci(values),
+        "mean_ci95_bootstrap_t": stats.studentized(values),  # False: the percentile interval (most seeds equal)
         "iqm_ci95": iqm_ci(values),
         "best_of_n": best,
         # Reporting the best of N seeds overstates what one run of this config gives by this much:
@@ -221,6 +222,7 @@ def summarize(experiments: dict[str, Experiment], metrics_: list[str], at_step: 
             f"{x} vs {y}": {
                 "diff": float(finals[x].mean() - finals[y].mean()),
                 "diff_ci95": stats.diff_ci(finals[x], finals[y]),
+                "diff_ci95_bootstrap_t": stats.studentized(finals[x], finals[y]),
                 "p_improvement": float(stats.prob_improvement(finals[x], finals[y])),
                 "p_improvement_ci95": stats.prob_improvement_ci(finals[x], finals[y]),
             }
@@ -240,10 +242,11 @@ def ranking(finals: dict[str, np.ndarray], pairs: dict, sign: int) -> list[dict]
     top = order[0]
     rows = []
     for name in order:
-        row = {"experiment": name, "mean": float(finals[name].mean()), "mean_ci95": stats.mean_ci(finals[name])}
+        row = {"experiment": name, "mean": float(finals[name].mean()), "mean_ci95": stats.mean_ci(finals[name]),
+               "mean_ci95_bootstrap_t": stats.studentized(finals[name])}
         if name != top:
             p = pairs[f"{top} vs {name}"]
-            row.update(gap=p["diff"], gap_ci95=p["diff_ci95"], p_top_better=p["p_improvement"], p_top_better_ci95=p["p_improvement_ci95"])
+            row.update(gap=p["diff"], gap_ci95=p["diff_ci95"], gap_ci95_bootstrap_t=p["diff_ci95_bootstrap_t"], p_top_better=p["p_improvement"], p_top_better_ci95=p["p_improvement_ci95"])
             if sign < 0:  # lower is better: P(top < it) = 1 − P(top > it) with ties split
                 row.update(p_top_better=1 - row["p_top_better"], p_top_better_ci95=tuple(1 - v for v in row["p_top_better_ci95"][::-1]))
         rows.append(row)
@@ -374,8 +377,8 @@ def compare(paths: list[str], metrics_: list[str] | None, out_dir: str, at_step:
 COLUMNS = ("experiment", "metric", "step", "n", "final mean ± std", "mean 95% CI", "IQM [95% CI]", "AUC [95% CI]", "best of n", "bias of best")
 
 
-def _ci(ci) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+def _ci(ci, bootstrap_t: bool = True) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" + ("" if bootstrap_t else "†")
 
 
 def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -385,8 +388,8 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for tag, m in e["metrics"].items():
             f, a = m["final"], m["auc"]
             rows.append([
-                name, tag, str(m["step"]), str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", _ci(f["mean_ci95"]),
-                f"{f['iqm']:.3f} {_ci(f['iqm_ci95'])}", f"{a['mean']:.3f} {_ci(a['mean_ci95'])}", f"{f['best_of_n']:.3f}",
+                name, tag, str(m["step"]), str(f["n"]), f"{f['mean']:.3f} ± {f['std']:.3f}", _ci(f["mean_ci95"], f["mean_ci95_bootstrap_t"]),
+                f"{f['iqm']:.3f} {_ci(f['iqm_ci95'])}", f"{a['mean']:.3f} {_ci(a['mean_ci95'], a['mean_ci95_bootstrap_t'])}", f"{f['best_of_n']:.3f}",
                 f"+{f['selection_bias']:.3f}",
             ])
     out = [("value at the aligned step across seeds", list(COLUMNS), rows)]
@@ -394,15 +397,24 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         names = [n for n in result["experiments"] if tag in result["experiments"][n]["metrics"]]
         if len(names) < 2:
             continue
-        cell = lambda a, b, k: "" if a == b else f"{pairs[f'{a} vs {b}'][k]:+.3f} {_ci(pairs[f'{a} vs {b}'][k + '_ci95'])}"  # noqa: E731
-        out.append((f"difference of means, row − column, of {tag} [95% CI]", ["", *names],
-                    [[a, *(cell(a, b, "diff") for b in names)] for a in names]))
-        cell = lambda a, b: "" if a == b else f"{pairs[f'{a} vs {b}']['p_improvement']:.2f} {_ci(pairs[f'{a} vs {b}']['p_improvement_ci95'])}"  # noqa: E731
-        out.append((f"P(row > column) on {tag} [95% CI]", ["", *names], [[a, *(cell(a, b) for b in names)] for a in names]))
+        def cell(a, b):
+            if a == b:
+                return ""
+            p = pairs[f"{a} vs {b}"]
+            return f"{p['diff']:+.3f} {_ci(p['diff_ci95'], p['diff_ci95_bootstrap_t'])}"
+
+        out.append((f"difference of means, row − column, of {tag} [95% CI]", ["", *names], [[a, *(cell(a, b) for b in names)] for a in names]))
+        def poi(a, b):
+            if a == b:
+                return ""
+            p = pairs[f"{a} vs {b}"]
+            return f"{p['p_improvement']:.2f} {_ci(p['p_improvement_ci95'])}"
+
+        out.append((f"P(row > column) on {tag} [95% CI]", ["", *names], [[a, *(poi(a, b) for b in names)] for a in names]))
     for tag, ranked in result["ranking"].items():
         head = ["rank", "experiment", "mean [95% CI]", "behind the first [95% CI]", "P(first better) [95% CI]"]
-        body = [[str(i + 1), r["experiment"], f"{r['mean']:.3f} {_ci(r['mean_ci95'])}",
-                 f"{r['gap']:+.3f} {_ci(r['gap_ci95'])}" if "gap" in r else "", f"{r['p_top_better']:.2f} {_ci(r['p_top_better_ci95'])}" if "gap" in r else ""]
+        body = [[str(i + 1), r["experiment"], f"{r['mean']:.3f} {_ci(r['mean_ci95'], r['mean_ci95_bootstrap_t'])}",
+                 f"{r['gap']:+.3f} {_ci(r['gap_ci95'], r['gap_ci95_bootstrap_t'])}" if "gap" in r else "", f"{r['p_top_better']:.2f} {_ci(r['p_top_better_ci95'])}" if "gap" in r else ""]
                 for i, r in enumerate(ranked)]
         out.append((f"ranking by {tag}", head, body))
     for tag, p in result.get("power", {}).items():

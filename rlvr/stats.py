@@ -5,9 +5,15 @@ The mean of one method and the difference of means between two use the studentiz
 into t* = (estimate* − estimate) / se*, and read the interval off t*'s quantiles. The percentile
 bootstrap cannot reach outside the seeds' own range, so it undercovers at small N: on normal
 seeds with a true difference of 0.1, its 95% interval of the difference covered 0.78 of 400 draws
-at 3 seeds per method and 0.88 at 5; bootstrap-t covered 0.985 and 0.95 (tests/test_stats.py).
-The IQM (a trimmed mean with no simple standard error) and the probability of improvement (a
-bounded rank statistic) use the percentile bootstrap, and are flagged below 5 seeds.
+at 3 seeds per method and 0.88 at 5; bootstrap-t covered 0.98 and 0.95 (tests/test_stats.py), and
+of one method's mean 0.80 at 3 seeds and 0.95 at 5: below 5 seeds no interval is to be trusted.
+Bootstrap-t needs spread in the resamples: where more than a fifth of them would have none (most
+seeds scoring the same, as pass rates do at a ceiling: 1, 1, 1, 1, 0.5), t* is undefined too often
+and the interval collapses onto the mean on one side; there the percentile interval is used instead
+and the table marks it (`studentized()` decides). Bootstrap-t intervals are not bounded by the
+metric's range (a pass rate's can end above 1). The IQM (a trimmed mean with no simple standard
+error) and the probability of improvement (a bounded rank statistic) use the percentile bootstrap.
+Every interval is flagged below 5 seeds per method.
 
 Power: the seeds per method a two-sided two-sample t-test (α = 0.05) needs to detect a difference δ
 with 80% power, exactly from the noncentral t distribution, with σ pooled from the seeds at hand.
@@ -19,6 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 RELIABLE_N = 5  # fewer seeds per method: intervals are reported with a warning
+MAX_ZERO_SPREAD = 0.2  # above this chance that a resample has no spread, bootstrap-t gives way to the percentile interval
 REPS = 4000  # bootstrap resamples
 BOOTSTRAP_T = "studentized bootstrap (bootstrap-t)"
 PERCENTILE = "percentile bootstrap"
@@ -33,14 +40,30 @@ def _resample(x: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
     return x[rng.integers(0, len(x), (reps, len(x)))]
 
 
+def zero_spread(x) -> float:
+    """The chance that a resample of x (n draws with replacement) has all its values equal: Σ_v (count_v / n)^n."""
+    _, counts = np.unique(np.asarray(x, dtype=float), return_counts=True)
+    return float(((counts / counts.sum()) ** counts.sum()).sum())
+
+
+def studentized(*groups) -> bool:
+    """Whether the interval of these groups' mean (difference) is bootstrap-t: se* = 0 rarely enough."""
+    return bool(np.prod([zero_spread(g) for g in groups]) <= MAX_ZERO_SPREAD)
+
+
+def _percentile(est_star: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.quantile(est_star, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def _t_interval(estimate: float, se: float, est_star: np.ndarray, se_star: np.ndarray, level: float) -> tuple[float, float]:
     """Bootstrap-t interval. Resamples whose se* is 0 (every drawn seed equal) have no t* and are
     dropped; with no spread at all (se = 0) the interval is the point."""
+    tiny = 1e-9 * max(se, 1e-300)  # a resample of one value repeated has a spread of float noise, not 0
     if se == 0:
         return estimate, estimate
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (est_star - estimate) / se_star
-    t = t[np.isfinite(t)]
+    keep = se_star > tiny
+    t = (est_star[keep] - estimate) / se_star[keep]
     lo_q, hi_q = np.quantile(t, [(1 - level) / 2, (1 + level) / 2])
     return float(estimate - hi_q * se), float(estimate - lo_q * se)
 
@@ -51,6 +74,8 @@ def mean_ci(x, level: float = 0.95, reps: int = REPS, seed: int = 0) -> tuple[fl
     if len(x) < 2:
         return float(x[0]), float(x[0])
     star = _resample(x, reps, _rng(seed))
+    if not studentized(x):
+        return _percentile(star.mean(1), level)
     se = x.std(ddof=1) / np.sqrt(len(x))
     return _t_interval(float(x.mean()), float(se), star.mean(1), star.std(1, ddof=1) / np.sqrt(len(x)), level)
 
@@ -63,6 +88,8 @@ def diff_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int = 0) -> tuple
         return d, d
     rng = _rng(seed)
     sa, sb = _resample(a, reps, rng), _resample(b, reps, rng)
+    if not studentized(a, b):
+        return _percentile(sa.mean(1) - sb.mean(1), level)
     se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     se_star = np.sqrt(sa.var(1, ddof=1) / len(a) + sb.var(1, ddof=1) / len(b))
     return _t_interval(d, float(se), sa.mean(1) - sb.mean(1), se_star, level)
@@ -78,14 +105,13 @@ def prob_improvement_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int =
     """Percentile-bootstrap interval of P(a > b), each method's seeds resampled independently."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     rng = _rng(seed)
-    p = prob_improvement(_resample(a, reps, rng), _resample(b, reps, rng))
-    lo, hi = np.quantile(p, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return _percentile(prob_improvement(_resample(a, reps, rng), _resample(b, reps, rng)), level)
 
 
 def interval_note(ns: list[int]) -> str:
     """What the reader must know about the intervals of a table whose methods have `ns` seeds."""
-    note = f"95% intervals: mean and differences by {BOOTSTRAP_T}; IQM and P(improvement) by {PERCENTILE}."
+    note = (f"95% intervals: mean and differences by {BOOTSTRAP_T}, except those marked † ({PERCENTILE}: most seeds "
+            f"equal, too few resamples with spread for bootstrap-t); IQM and P(improvement) by {PERCENTILE}.")
     if min(ns) < RELIABLE_N:
         note += (
             f" UNRELIABLE with fewer than {RELIABLE_N} seeds per method (here {min(ns)}): a bootstrap has too few"

@@ -34,6 +34,25 @@ def test_difference_interval_covers_the_true_difference():
     assert boot_t >= 0.92 and pct <= 0.90 and boot_t - pct >= 0.05, (boot_t, pct)
 
 
+def test_mean_interval_covers_the_true_mean():
+    rng, hits = np.random.default_rng(0), 0
+    for i in range(400):
+        x = rng.normal(0.5, 0.1, 5)
+        lo, hi = stats.mean_ci(x, reps=1000, seed=i)
+        hits += lo <= 0.5 <= hi
+    assert 0.92 <= hits / 400 <= 0.985, hits / 400
+
+
+def test_percentile_interval_where_most_seeds_are_equal():
+    # 1, 1, 1, 1, 0.5: a resample is all 1s with chance 0.8^5 + 0.2^5 = 0.328 > 0.2, so t* would be undefined a third
+    # of the time (and the bootstrap-t interval's lower end would sit on the mean, 0.9): the percentile interval of the
+    # resampled means is used, which reaches down to 0.7 (two 0.5s among five: 2.5% quantile) and up to 1
+    x = [1, 1, 1, 1, 0.5]
+    assert stats.zero_spread(x) == pytest.approx(0.328) and not stats.studentized(x)
+    assert stats.mean_ci(x) == pytest.approx((0.7, 1.0))
+    assert stats.studentized([0.1, 0.2, 0.3])  # 3 distinct values: 3 × (1/3)³ = 0.111
+
+
 def test_interval_of_a_mean_is_that_of_a_difference_from_a_constant():
     a = np.array([0.3, 0.1, 0.45, 0.2, 0.35])
     # resampling a constant changes nothing: same t*, same interval (the same random stream draws a's resamples)
