@@ -22,12 +22,12 @@ bench: venv
 	$(PY) scripts/bench_learner.py
 	$(PY) scripts/bench_actors.py
 
-# PPO and the critic-free baselines on the tiny task, 3 seeds each, then their comparison
-# (README "Baselines"); about 7 minutes on 2 cores.
+# PPO and the critic-free baselines on the tiny task, 5 seeds each, then their comparison
+# (README "Baselines"); about 20 minutes on 2 cores.
 BASELINES := ppo grpo rloo reinforce_pp dapo
 compare-baselines: venv
-	for b in $(BASELINES); do .venv/bin/rlvr seeds --config experiments/tiny/baselines/$$b.yaml --seeds 0-2 --max-parallel 2 || exit 1; done
-	.venv/bin/rlvr compare $(addprefix runs/baselines/,$(BASELINES)) --out runs/baselines/compare
+	for b in $(BASELINES); do .venv/bin/rlvr seeds --config experiments/tiny/baselines/$$b.yaml --seeds 0-4 --max-parallel 2 || exit 1; done
+	.venv/bin/rlvr compare $(addprefix runs/baselines/,$(BASELINES)) --power 0.02 --out runs/baselines/compare
 
 clean:
 	rm -rf runs bench_out .pytest_cache
