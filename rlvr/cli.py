@@ -149,19 +149,19 @@ def cmd_rft(args, overrides: list[str]) -> int:
     return 0
 
 
-def _launched(results, title: str, wall_s: float, tag: str = "eval/heldout/greedy_pass_rate") -> int:
+def _launched(results, title: str, wall_s: float, again: str = "run the same command again to resume them") -> int:
     from rlvr.seeds import print_results
 
-    print_results(results, title, wall_s, tag)
+    print_results(results, title, wall_s)
     failed = [r for r in results if r.status == "failed"]
     if failed:
         who = ", ".join(f"{r.job.cell} seed {r.seed}" if r.job.cell else str(r.seed) for r in failed)
-        print(f"rlvr: {len(failed)} of {len(results)} seeds failed ({who}); run the same command again to resume them", file=sys.stderr)
+        print(f"rlvr: {len(failed)} of {len(results)} seeds failed ({who}); {again}", file=sys.stderr)
         return 1
     return 0
 
 
-def _launch(start) -> tuple[list | None, int]:
+def _launch(start, again: str = "run the same command again to resume them") -> tuple[list | None, int]:
     """Run `start()` (which launches seeds): its results, or None and the exit status after a one-line error."""
     from rlvr.config import ConfigError
     from rlvr.seeds import LaunchError
@@ -169,7 +169,7 @@ def _launch(start) -> tuple[list | None, int]:
     try:
         return start(), 0
     except KeyboardInterrupt:
-        print("rlvr: seeds stopped; run the same command again to resume them", file=sys.stderr)
+        print(f"rlvr: seeds stopped; {again}", file=sys.stderr)
         return None, 130
     except (LaunchError, ConfigError, ValueError, FileNotFoundError) as e:
         return None, _fail(str(e))
@@ -184,7 +184,7 @@ def cmd_seeds(args, overrides: list[str]) -> int:
         cfg = load_config(args.config, overrides)
     except (ConfigError, ValueError) as e:
         return _fail(str(e))
-    jobs = seed_jobs(args.config, cfg, seeds, overrides)
+    jobs = seed_jobs(args.config, seeds, overrides)
     t = time.perf_counter()
     if args.halving_every > 0:
         results, code = _launch(lambda: successive_halving(jobs, args.halving_every, args.halving_metric, args.max_parallel, args.address)[0])
@@ -206,8 +206,10 @@ def cmd_seeds_extend(argv: list[str]) -> int:
     from rlvr.seeds import extend
 
     t = time.perf_counter()
-    out, code = _launch(lambda: extend(args.experiment, args.top, args.by, args.steps, args.max_parallel, args.address))
-    return code if out is None else _launched(out[1], args.experiment, time.perf_counter() - t)
+    # the same extend command again would add N more steps to every chosen seed: an unfinished one resumes to its own target
+    again = f"each resumes to its own target with its command in {args.experiment}/extend.json (not this command again: it would add more steps)"
+    out, code = _launch(lambda: extend(args.experiment, args.top, args.by, args.steps, args.max_parallel, args.address), again)
+    return code if out is None else _launched(out[1], args.experiment, time.perf_counter() - t, again)
 
 
 def cmd_sweep(args, overrides: list[str]) -> int:

@@ -103,10 +103,10 @@ class Aligned:
 
 def align(experiments: dict[str, Experiment], tag: str, at_step: int | None = None, pool: bool = False) -> Aligned | None:
     """Each seed's value of `tag` at one common step (None: no seed logged `tag`)."""
+    label = lambda key: f"{key[0]}/seed_{key[1]}"  # noqa: E731
     series = {(n, s): dict(v[tag]) for n, e in experiments.items() for s, v in sorted(e.seeds.items()) if v.get(tag)}
     if not series:
         return None
-    label = lambda key: f"{key[0]}/seed_{key[1]}"  # noqa: E731
     missing = [label((n, s)) for n, e in experiments.items() for s in sorted(e.seeds) if (n, s) not in series]
     if at_step is None:
         common = set.intersection(*(set(points) for points in series.values()))
@@ -133,8 +133,11 @@ def align(experiments: dict[str, Experiment], tag: str, at_step: int | None = No
                 continue
             value = points[max(before)]
             out.pooled.append(off[-1])
+        if not np.isfinite(value):  # a diverged seed: named, never averaged in
+            out.missing.append(f"{label(key)} (NaN/inf at step {step}, left out)")
+            continue
         values[key[0]][key[1]] = value
-        curves[key[0]][key[1]] = sorted((k, v) for k, v in points.items() if k <= step)
+        curves[key[0]][key[1]] = sorted((k, v) for k, v in points.items() if k <= step and np.isfinite(v))
         if max(points) > step:
             out.longer.append(f"{label(key)} (to step {max(points)})")
     if off and not pool:
@@ -143,26 +146,32 @@ def align(experiments: dict[str, Experiment], tag: str, at_step: int | None = No
             "(leave out --at-step), or pass --pool-steps to use each seed's last value before it (values from different steps)"
         )
     if not any(values.values()):
-        return None
+        raise CompareError(f"{tag}: no seed logged it at or before step {step}")
     return out
 
 
 # ---------------------------------------------------------------------------- statistics
 
 
-def seed_stats(values: np.ndarray) -> dict:
+def _iv(ci: stats.Interval) -> list:
+    """An interval for JSON: [lo, hi], None where there is none (one seed)."""
+    return [None if not np.isfinite(v) else float(v) for v in ci[:2]]
+
+
+def seed_stats(values: np.ndarray, steps: list | None = None) -> dict:
     """Statistics of one number per seed."""
     from rliable import metrics
 
     n = len(values)
     mean, best = float(values.mean()), float(values.max())
+    ci = stats.mean_ci(values)
     return {
         "n": n,
         "mean": mean,
         "std": float(values.std(ddof=1)) if n > 1 else 0.0,
         "iqm": float(metrics.aggregate_iqm(values.reshape(-1, 1))),
-        "mean_ci95": stats.mean_ci(values),
-        "mean_ci95_bootstrap_t": stats.studentized(values),  # False: the percentile interval (most seeds equal)
+        "mean_ci95": _iv(ci),
+        "mean_ci95_bootstrap_t": ci.bootstrap_t,  # False: the percentile interval (most seeds equal), or none
         "iqm_ci95": iqm_ci(values),
         "best_of_n": best,
         # Reporting the best of N seeds overstates what one run of this config gives by this much:
@@ -171,7 +180,7 @@ def seed_stats(values: np.ndarray) -> dict:
     }
 
 
-def iqm_ci(values: np.ndarray, reps: int = 2000) -> tuple[float, float]:
+def iqm_ci(values: np.ndarray, reps: int = 2000) -> list:
     """Percentile-bootstrap 95% interval of the IQM (rliable's stratified bootstrap; one task)."""
     import warnings
 
@@ -179,11 +188,20 @@ def iqm_ci(values: np.ndarray, reps: int = 2000) -> tuple[float, float]:
     from rliable import metrics
 
     if len(values) < 2:
-        return float(values[0]), float(values[0])
+        return [None, None]
     # rliable 1.2 hands arch a RandomState, which arch 7.2 warns about on every call
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
     _, cis = rly.get_interval_estimates({"x": values.reshape(-1, 1)}, metrics.aggregate_iqm, reps=reps, random_state=np.random.RandomState(0))
-    return float(cis["x"][0, 0]), float(cis["x"][1, 0])
+    return [float(cis["x"][0, 0]), float(cis["x"][1, 0])]
+
+
+def auc(points: list[tuple[int, float]]) -> float:
+    """The curve's normalised area: the trapezoid rule over its logged steps divided by their span, so that
+    an extra point (an evaluation at a stop) does not reweigh the curve; one point: its value."""
+    steps, values = np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points])
+    if len(points) < 2:
+        return float(values[0])
+    return float(np.trapezoid(values, steps) / (steps[-1] - steps[0]))
 
 
 def parse_metric(text: str) -> tuple[str, int]:
@@ -192,6 +210,27 @@ def parse_metric(text: str) -> tuple[str, int]:
     if colon and kind in ("min", "max"):
         return tag, -1 if kind == "min" else 1
     return text, 1
+
+
+def pair_stats(finals: dict[str, np.ndarray], sign: int) -> dict:
+    """For every ordered pair (x, y): the difference of means x − y and P(x better than y), each with its
+    95% interval. Each unordered pair is bootstrapped once and mirrored, so `x vs y` and `y vs x` agree."""
+    out = {}
+    names = list(finals)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            a, b = finals[x], finals[y]
+            d, p = stats.diff_ci(a, b), stats.prob_improvement_ci(a, b)
+            poi = float(stats.prob_improvement(a, b))
+            if sign < 0:  # lower is better: P(x < y) + ties / 2 = 1 − (P(x > y) + ties / 2)
+                poi, p = 1 - poi, stats.Interval(1 - p.hi, 1 - p.lo, False)
+            diff = float(a.mean() - b.mean())
+            out[f"{x} vs {y}"] = {"diff": diff, "diff_ci95": _iv(d), "diff_ci95_bootstrap_t": d.bootstrap_t,
+                                  "p_better": poi, "p_better_ci95": _iv(p)}
+            out[f"{y} vs {x}"] = {"diff": -diff, "diff_ci95": _iv(stats.Interval(-d.hi, -d.lo, d.bootstrap_t)),
+                                  "diff_ci95_bootstrap_t": d.bootstrap_t, "p_better": 1 - poi,
+                                  "p_better_ci95": _iv(stats.Interval(1 - p.hi, 1 - p.lo, False))}
+    return out
 
 
 def summarize(experiments: dict[str, Experiment], metrics_: list[str], at_step: int | None = None, pool: bool = False,
@@ -204,31 +243,22 @@ def summarize(experiments: dict[str, Experiment], metrics_: list[str], at_step: 
         a = align(experiments, tag, at_step, pool)
         if a is None:
             continue
-        out["aligned"][tag] = a.to_json()
+        out["aligned"][tag] = {**a.to_json(), "better": "higher" if sign > 0 else "lower"}
         finals = {}
         for name in experiments:
             seeds = sorted(a.values[name])
             if not seeds:
                 continue
             final = np.array([a.values[name][s] for s in seeds])
-            best = np.array([max(v for _, v in a.curves[name][s]) for s in seeds])
-            auc = np.array([np.mean([v for _, v in a.curves[name][s]]) for s in seeds])
+            best = np.array([(max if sign > 0 else min)(v for _, v in a.curves[name][s]) for s in seeds])
+            areas = np.array([auc(a.curves[name][s]) for s in seeds])
             out["experiments"][name]["metrics"][tag] = {
-                "step": a.step, "seeds": seeds, "final": seed_stats(final), "best": seed_stats(best), "auc": seed_stats(auc)
+                "step": a.step, "seeds": seeds, "final": seed_stats(final), "best": seed_stats(best), "auc": seed_stats(areas)
             }
             finals[name] = final
             ns.append(len(final))
-        out["pairs"][tag] = {
-            f"{x} vs {y}": {
-                "diff": float(finals[x].mean() - finals[y].mean()),
-                "diff_ci95": stats.diff_ci(finals[x], finals[y]),
-                "diff_ci95_bootstrap_t": stats.studentized(finals[x], finals[y]),
-                "p_improvement": float(stats.prob_improvement(finals[x], finals[y])),
-                "p_improvement_ci95": stats.prob_improvement_ci(finals[x], finals[y]),
-            }
-            for x in finals for y in finals if x != y
-        }
-        if len(finals) > 2:
+        out["pairs"][tag] = pair_stats(finals, sign)
+        if len(finals) > 1:
             out["ranking"][tag] = ranking(finals, out["pairs"][tag], sign)
         if power is not None:
             out.setdefault("power", {})[tag] = power_table(finals, power)
@@ -237,29 +267,29 @@ def summarize(experiments: dict[str, Experiment], metrics_: list[str], at_step: 
 
 
 def ranking(finals: dict[str, np.ndarray], pairs: dict, sign: int) -> list[dict]:
-    """Experiments by mean, best first; each against the best: the difference and P(best > it), with intervals."""
+    """Experiments by mean, best first; each against the first: the gap (first − it) and P(first better), with intervals."""
     order = sorted(finals, key=lambda n: -sign * finals[n].mean())
     top = order[0]
     rows = []
     for name in order:
-        row = {"experiment": name, "mean": float(finals[name].mean()), "mean_ci95": stats.mean_ci(finals[name]),
-               "mean_ci95_bootstrap_t": stats.studentized(finals[name])}
+        ci = stats.mean_ci(finals[name])
+        row = {"experiment": name, "mean": float(finals[name].mean()), "mean_ci95": _iv(ci), "mean_ci95_bootstrap_t": ci.bootstrap_t}
         if name != top:
             p = pairs[f"{top} vs {name}"]
-            row.update(gap=p["diff"], gap_ci95=p["diff_ci95"], gap_ci95_bootstrap_t=p["diff_ci95_bootstrap_t"], p_top_better=p["p_improvement"], p_top_better_ci95=p["p_improvement_ci95"])
-            if sign < 0:  # lower is better: P(top < it) = 1 − P(top > it) with ties split
-                row.update(p_top_better=1 - row["p_top_better"], p_top_better_ci95=tuple(1 - v for v in row["p_top_better_ci95"][::-1]))
+            row.update(gap=p["diff"], gap_ci95=p["diff_ci95"], gap_ci95_bootstrap_t=p["diff_ci95_bootstrap_t"],
+                       p_first_better=p["p_better"], p_first_better_ci95=p["p_better_ci95"])
         rows.append(row)
     return rows
 
 
 def power_table(finals: dict[str, np.ndarray], delta: float) -> dict:
     sigma = stats.pooled_std(list(finals.values()))
+    known = bool(np.isfinite(sigma))
     return {
         "delta": delta,
-        "pooled_std": sigma,
-        "seeds_per_method": stats.seeds_needed(delta, sigma) if np.isfinite(sigma) else None,
-        "seeds_per_method_normal_approx": stats.seeds_needed_normal(delta, sigma) if np.isfinite(sigma) else None,
+        "pooled_std": sigma if known else None,  # None: no method has 2 seeds
+        "seeds_per_method": stats.seeds_needed(delta, sigma) if known else None,
+        "seeds_per_method_normal_approx": stats.seeds_needed_normal(delta, sigma) if known else None,
         "precision_by_n": {name: stats.precision_by_n(v) for name, v in finals.items()},
     }
 
@@ -378,6 +408,8 @@ COLUMNS = ("experiment", "metric", "step", "n", "final mean ± std", "mean 95% C
 
 
 def _ci(ci, bootstrap_t: bool = True) -> str:
+    if ci[0] is None:
+        return "n/a"  # one seed: no interval
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" + ("" if bootstrap_t else "†")
 
 
@@ -408,22 +440,27 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             if a == b:
                 return ""
             p = pairs[f"{a} vs {b}"]
-            return f"{p['p_improvement']:.2f} {_ci(p['p_improvement_ci95'])}"
+            return f"{p['p_better']:.2f} {_ci(p['p_better_ci95'])}"
 
-        out.append((f"P(row > column) on {tag} [95% CI]", ["", *names], [[a, *(poi(a, b) for b in names)] for a in names]))
+        better = ">" if result["aligned"][tag]["better"] == "higher" else "<"
+        out.append((f"P(row {better} column) on {tag} [95% CI]", ["", *names], [[a, *(poi(a, b) for b in names)] for a in names]))
     for tag, ranked in result["ranking"].items():
         head = ["rank", "experiment", "mean [95% CI]", "behind the first [95% CI]", "P(first better) [95% CI]"]
         body = [[str(i + 1), r["experiment"], f"{r['mean']:.3f} {_ci(r['mean_ci95'], r['mean_ci95_bootstrap_t'])}",
-                 f"{r['gap']:+.3f} {_ci(r['gap_ci95'], r['gap_ci95_bootstrap_t'])}" if "gap" in r else "", f"{r['p_top_better']:.2f} {_ci(r['p_top_better_ci95'])}" if "gap" in r else ""]
+                 f"{r['gap']:+.3f} {_ci(r['gap_ci95'], r['gap_ci95_bootstrap_t'])}" if "gap" in r else "", f"{r['p_first_better']:.2f} {_ci(r['p_first_better_ci95'])}" if "gap" in r else ""]
                 for i, r in enumerate(ranked)]
         out.append((f"ranking by {tag}", head, body))
     for tag, p in result.get("power", {}).items():
         n = p["seeds_per_method"]
         names = list(p["precision_by_n"])
-        title = (f"power on {tag}: to tell two methods apart by {p['delta']:g} (σ = {p['pooled_std']:.4f} pooled over the seeds; two-sided "
-                 f"t-test, α = 0.05, 80% power, noncentral t) takes {n if n is not None else 'more than 100000'} seeds per method "
-                 f"(normal approximation 2σ²(z₀.₉₇₅ + z₀.₈)²/δ² = {p['seeds_per_method_normal_approx']:.1f}). With N seeds, from "
-                 "resampling the seeds at hand: width of the 95% range of the N-seed mean / best-of-N bias")
+        if p["pooled_std"] is None:
+            title = f"power on {tag}: σ unknown (no method has 2 seeds), so no seed count. With N seeds, from resampling the seeds at hand"
+        else:
+            title = (f"power on {tag}: to tell two methods apart by {p['delta']:g} (σ = {p['pooled_std']:.4f} pooled over the seeds; "
+                     f"two-sided t-test, α = 0.05, 80% power, noncentral t) takes {n if n is not None else 'more than 100000'} seeds per "
+                     f"method (normal approximation 2σ²(z₀.₉₇₅ + z₀.₈)²/δ² = {p['seeds_per_method_normal_approx']:.1f}). With N seeds, "
+                     "from resampling the seeds at hand")
+        title += ": width of the 95% range of the N-seed mean / best-of-N bias"
         body = [[str(row["n"]), *(f"{p['precision_by_n'][name][i]['ci_width']:.3f} / +{p['precision_by_n'][name][i]['best_of_n_bias']:.3f}" for name in names)]
                 for i, row in enumerate(p["precision_by_n"][names[0]])]
         out.append((title, ["N", *names], body))
@@ -435,12 +472,12 @@ def notes(result: dict) -> list[str]:
     for tag, a in result["aligned"].items():
         line = f"{tag}: compared at step {a['step']} ({a['how']})"
         for key, what in (("longer", "ran longer, cut at that step"), ("pooled", "POOLED from earlier steps (--pool-steps)"),
-                          ("missing", "did not log it")):
+                          ("missing", "left out (did not log it, or not a finite number)")):
             if a[key]:
                 line += f"; {what}: {', '.join(a[key])}"
         lines.append(line)
     lines.append(result["intervals"])
-    lines.append("AUC: the curve's mean over its logged points up to the step (area under the learning curve, normalised). "
+    lines.append("AUC: the area under the curve up to the step (trapezoid rule over the logged steps), divided by the steps it spans. "
                  "best of n: the best seed's value; its bias is how much reporting it overstates the mean run.")
     return lines
 

@@ -115,12 +115,16 @@ def require_gpus(reserved: float) -> None:
     """A run that reserved GPUs (`resources.gpus`) trains on one, or stops: never quietly on the CPU."""
     import os
 
+    import math
+
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     if reserved > 0 and not torch.cuda.is_available():
-        seen = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise ResourceError(
             f"resources.gpus is {reserved:g} but this process sees no CUDA device "
             f"(CUDA_VISIBLE_DEVICES={seen!r}, torch {torch.__version__}): set resources.gpus: 0 to train on the CPU"
         )
+    if reserved > 1 and torch.cuda.device_count() < math.ceil(reserved):
+        raise ResourceError(f"resources.gpus is {reserved:g} but this process sees {torch.cuda.device_count()} CUDA devices (CUDA_VISIBLE_DEVICES={seen!r})")
 
 
 def learner_device() -> torch.device:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,8 +67,12 @@ class Job:
         return Path(self.cfg.output_dir) / self.cfg.name / f"seed_{self.seed}"
 
 
-def seed_jobs(config: str, cfg: Config, seeds: list[int], overrides: list[str], cell: str = "") -> list[Job]:
-    return [Job(config, cfg, s, list(overrides), cell) for s in seeds]
+def seed_jobs(config: str, seeds: list[int], overrides: list[str], cell: str = "") -> list[Job]:
+    """The seeds of one experiment. The config file and the run folder are made absolute: a seed's process
+    may start on another node, in a Ray worker's working directory."""
+    overrides = [*overrides, "--output_dir", str(Path(load_config(config, overrides).output_dir).resolve())]
+    cfg = load_config(config, overrides)
+    return [Job(str(Path(config).resolve()), cfg, s, overrides, cell) for s in seeds]
 
 
 def seed_state(job: Job) -> str:
@@ -94,14 +99,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_seed(cmd: list[str], log_path: str, env: dict) -> tuple[int, str]:
+def _run_seed(cmd: list[str], log_path: str, env: dict, cwd: str) -> tuple[int, str]:
     """Inside the Ray task: the seed's training process (a process group of its own, with its
     engines and verifier workers); its output goes to the seed's log file. The task cancelled (the
     launcher interrupted or terminated) or its worker dying ends the whole group."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True, preexec_fn=_die_with_parent
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True, preexec_fn=_die_with_parent,
+            cwd=cwd if os.path.isdir(cwd) else None,  # the launcher's folder, for the config's relative data paths
         )
         try:
             while proc.poll() is None:  # a short poll, so that a cancellation (an async exception) gets in
@@ -171,10 +177,12 @@ def _job_env(job: Job, ray_address: str | None) -> dict[str, str]:
 def check_gpus(jobs: list[Job], cluster_gpus: float) -> None:
     """Seeds that reserve GPUs the cluster lacks would wait forever: say so. Seeds that reserve none on a
     cluster with GPUs train on CPUs: say that too."""
-    need = max(j.cfg.resources.gpus for j in jobs)
+    per_seed = lambda c: c.resources.gpus + c.rollout.num_engines * c.rollout.engine_gpus  # noqa: E731
+    need = max(per_seed(j.cfg) for j in jobs)
     if need > cluster_gpus:
         raise LaunchError(
-            f"resources.gpus is {need:g} per seed, but the Ray cluster has {cluster_gpus:g} GPUs: no seed could start "
+            f"resources.gpus is {max(j.cfg.resources.gpus for j in jobs):g} per seed (and {need:g} with its engine actors' "
+            f"rollout.engine_gpus), but the Ray cluster has {cluster_gpus:g} GPUs: no seed could start "
             "(set resources.gpus: 0 to train on CPUs, or join a cluster with GPUs with --address)"
         )
     if need == 0 and cluster_gpus > 0:
@@ -196,7 +204,7 @@ def nodes_missing(folder: Path, token: str | None = None) -> list[str]:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f".shared-{uuid.uuid4().hex[:8]}"
+    marker = folder.resolve() / f".shared-{uuid.uuid4().hex[:8]}"
     marker.write_text(uuid.uuid4().hex)
     expect = token if token is not None else marker.read_text()
     try:
@@ -204,7 +212,11 @@ def nodes_missing(folder: Path, token: str | None = None) -> list[str]:
         nodes = [n for n in ray.nodes() if n["Alive"]]
         refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker), expect)
                 for n in nodes]
-        return [n["NodeManagerAddress"] for n, ok in zip(nodes, ray.get(refs, timeout=120)) if not ok]
+        try:
+            seen = ray.get(refs, timeout=120)
+        except Exception as e:  # a node that cannot run the check (no rlvr there, unreachable)
+            raise LaunchError(f"could not check that every Ray node sees {folder.resolve()}: {type(e).__name__}: {str(e)[:300]}") from None
+        return [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
     finally:
         marker.unlink(missing_ok=True)
 
@@ -252,7 +264,7 @@ def launch(jobs: list[Job], max_parallel: int | None = None, address: str | None
                 job = jobs[i]
                 env = _job_env(job, gcs if job.cfg.rollout.num_engines > 0 else None)
                 ref = task.options(num_cpus=job.cfg.resources.cpus, num_gpus=job.cfg.resources.gpus).remote(
-                    train_command(job, resume), str(job.run_dir / "train.log"), env
+                    train_command(job, resume), str(job.run_dir / "train.log"), env, os.getcwd()
                 )
                 running[ref] = (i, time.perf_counter())
                 print(f"[seeds] {_who(job)}: {'resumed' if resume else 'started'}", file=sys.stderr, flush=True)
@@ -334,8 +346,10 @@ def extend(experiment_dir: str, top: int, by: str, steps: int, max_parallel: int
     from rlvr.checkpoint import latest_checkpoint
     from rlvr.compare import parse_metric
 
-    root = Path(experiment_dir)
-    dirs = {int(d.name.split("_")[1]): d for d in root.glob("seed_*") if (d / "config.yaml").exists()}
+    if steps <= 0:
+        raise ValueError(f"--steps must be > 0, got {steps}")
+    root = Path(experiment_dir).resolve()
+    dirs = {int(m.group(1)): d for d in root.iterdir() if (m := re.match(r"^seed_(\d+)$", d.name)) and (d / "config.yaml").exists()}
     if not dirs:
         raise FileNotFoundError(f"{root}: no seed_<k>/ runs with a config.yaml")
     tag, sign = parse_metric(by)
@@ -366,6 +380,9 @@ def extend(experiment_dir: str, top: int, by: str, steps: int, max_parallel: int
         jobs.append(Job(str(d / "config.yaml"), load_config(d / "config.yaml", overrides), s, overrides))
         said.append(f"seed {s} ({tag} = {logged[s][at]:.3f}) from step {start} to {target}")
     print(f"[seeds] ranked by {by} at step {at}, the largest step every seed logged it; extending " + ", ".join(said), file=sys.stderr)
+    # the same command again would add `steps` more to every chosen seed: what finishes this extension is written down
+    plan = {"ranked_by": by, "at_step": at, "steps": steps, "resume": {str(j.seed): train_command(j, resume=True) for j in jobs}}
+    (root / "extend.json").write_text(json.dumps(plan, indent=2))
     return jobs, launch(jobs, max_parallel=max_parallel, address=address)
 
 
@@ -387,6 +404,12 @@ def successive_halving(jobs: list[Job], every: int, metric: str, max_parallel: i
             results[r.seed] = r
         alive = [j for j in survivors if results[j.seed].status != "failed"]
         scores = {j.seed: value_at(j.run_dir, tag, stop) for j in alive}
+        unscored = [s for s, v in scores.items() if v is None]
+        if alive and len(unscored) == len(alive):
+            raise LaunchError(f"--halving-metric {tag!r}: no seed logged it at step {stop}, so none can be ranked (a held-out "
+                              "metric is logged where the stop evaluates; a training metric every step)")
+        if unscored:
+            print(f"[seeds] seeds {unscored} did not log {tag} at step {stop}: ranked last", file=sys.stderr)
         ranked = sorted(alive, key=lambda j: (scores[j.seed] is None, -sign * (scores[j.seed] or 0.0), j.seed))
         keep = ranked[: max(1, (len(ranked) + 1) // 2)]
         culled = [j.seed for j in ranked[len(keep):]]
@@ -415,6 +438,11 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     keys = [k for k, _ in grid]
     if len(set(keys)) != len(keys):
         raise ValueError(f"--grid: a field is given twice: {keys}")
+    for key, vals in grid:
+        if key in ("seed", "name", "output_dir"):
+            raise ValueError(f"--grid: {key} is set by the sweep itself (--seeds, and one folder per cell)")
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"--grid: {key} lists a value twice: {vals}")
     return grid
 
 
@@ -423,16 +451,17 @@ def sweep_jobs(config: str, grid: list[tuple[str, list[str]]], seeds: list[int],
     the sweep's folder is a folder of experiments (`rlvr compare` groups by cell). Every cell's config is
     read now: a bad key or value is an error before anything starts."""
     import itertools
-    import re
 
     base = load_config(config, overrides)
-    root = Path(base.output_dir) / base.name
-    jobs = []
+    root = (Path(base.output_dir) / base.name).resolve()
+    jobs, cells = [], set()
     for values in itertools.product(*(vals for _, vals in grid)):
-        cell = ",".join(f"{k}={v}" for (k, _), v in zip(grid, values))
-        cell = re.sub(r"[^\w.=,+-]", "_", cell)
+        cell = re.sub(r"[^\w.=,+-]", "_", ",".join(f"{k}={v}" for (k, _), v in zip(grid, values)))
+        if cell in cells:
+            raise ValueError(f"--grid: two cells would share the folder {cell!r} (values that differ only in characters a folder name cannot hold)")
+        cells.add(cell)
         cell_overrides = [*overrides, *(x for (k, _), v in zip(grid, values) for x in (f"--{k}", v)), "--output_dir", str(root), "--name", cell]
-        jobs += seed_jobs(config, load_config(config, cell_overrides), seeds, cell_overrides, cell)
+        jobs += seed_jobs(config, seeds, cell_overrides, cell)
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.json").write_text(json.dumps({"config": config, "overrides": overrides, "grid": dict(grid), "seeds": seeds}, indent=2))
     return root, jobs

@@ -7,10 +7,10 @@ bootstrap cannot reach outside the seeds' own range, so it undercovers at small 
 seeds with a true difference of 0.1, its 95% interval of the difference covered 0.78 of 400 draws
 at 3 seeds per method and 0.88 at 5; bootstrap-t covered 0.98 and 0.95 (tests/test_stats.py), and
 of one method's mean 0.80 at 3 seeds and 0.95 at 5: below 5 seeds no interval is to be trusted.
-Bootstrap-t needs spread in the resamples: where more than a fifth of them would have none (most
-seeds scoring the same, as pass rates do at a ceiling: 1, 1, 1, 1, 0.5), t* is undefined too often
-and the interval collapses onto the mean on one side; there the percentile interval is used instead
-and the table marks it (`studentized()` decides). Bootstrap-t intervals are not bounded by the
+Bootstrap-t needs spread in the resamples: where more than a fifth of them have none, or almost
+none (most seeds scoring the same, as pass rates do at a ceiling: 1, 1, 1, 1, 0.5), t* is undefined
+or huge too often and the interval collapses onto the estimate on one side or explodes on the
+other; there the percentile interval is used instead and the table marks it (`_bootstrap_t`). Bootstrap-t intervals are not bounded by the
 metric's range (a pass rate's can end above 1). The IQM (a trimmed mean with no simple standard
 error) and the probability of improvement (a bounded rank statistic) use the percentile bootstrap.
 Every interval is flagged below 5 seeds per method.
@@ -21,14 +21,23 @@ with 80% power, exactly from the noncentral t distribution, with σ pooled from 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import stats as sps
 
 RELIABLE_N = 5  # fewer seeds per method: intervals are reported with a warning
-MAX_ZERO_SPREAD = 0.2  # above this chance that a resample has no spread, bootstrap-t gives way to the percentile interval
+MAX_DEGENERATE = 0.2  # above this share of resamples with (almost) no spread, bootstrap-t gives way to the percentile interval
 REPS = 4000  # bootstrap resamples
 BOOTSTRAP_T = "studentized bootstrap (bootstrap-t)"
 PERCENTILE = "percentile bootstrap"
+NAN = float("nan")
+
+
+class Interval(NamedTuple):
+    lo: float
+    hi: float
+    bootstrap_t: bool  # False: the percentile interval (or no interval: one seed, lo = hi = nan)
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -40,59 +49,46 @@ def _resample(x: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
     return x[rng.integers(0, len(x), (reps, len(x)))]
 
 
-def zero_spread(x) -> float:
-    """The chance that a resample of x (n draws with replacement) has all its values equal: Σ_v (count_v / n)^n."""
-    _, counts = np.unique(np.asarray(x, dtype=float), return_counts=True)
-    return float(((counts / counts.sum()) ** counts.sum()).sum())
-
-
-def studentized(*groups) -> bool:
-    """Whether the interval of these groups' mean (difference) is bootstrap-t: se* = 0 rarely enough."""
-    return bool(np.prod([zero_spread(g) for g in groups]) <= MAX_ZERO_SPREAD)
-
-
-def _percentile(est_star: np.ndarray, level: float) -> tuple[float, float]:
+def _percentile(est_star: np.ndarray, level: float) -> Interval:
     lo, hi = np.quantile(est_star, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return Interval(float(lo), float(hi), False)
 
 
-def _t_interval(estimate: float, se: float, est_star: np.ndarray, se_star: np.ndarray, level: float) -> tuple[float, float]:
-    """Bootstrap-t interval. Resamples whose se* is 0 (every drawn seed equal) have no t* and are
-    dropped; with no spread at all (se = 0) the interval is the point."""
-    tiny = 1e-9 * max(se, 1e-300)  # a resample of one value repeated has a spread of float noise, not 0
+def _bootstrap_t(estimate: float, se: float, est_star: np.ndarray, se_star: np.ndarray, level: float) -> Interval:
+    """Bootstrap-t interval, t* = (estimate* − estimate) / se*. A resample whose se* is (almost) 0 has no
+    usable t*: one value repeated, or, for a difference, the group that carries the spread drawn flat
+    while the other barely varies. Where more than MAX_DEGENERATE of the resamples are such, t* is too
+    often undefined (or huge) and the percentile interval of estimate* is returned instead."""
     if se == 0:
-        return estimate, estimate
-    keep = se_star > tiny
-    t = (est_star[keep] - estimate) / se_star[keep]
+        return Interval(estimate, estimate, True)
+    usable = se_star > 0.1 * se
+    if 1 - usable.mean() > MAX_DEGENERATE:
+        return _percentile(est_star, level)
+    t = (est_star[usable] - estimate) / se_star[usable]
     lo_q, hi_q = np.quantile(t, [(1 - level) / 2, (1 + level) / 2])
-    return float(estimate - hi_q * se), float(estimate - lo_q * se)
+    return Interval(float(estimate - hi_q * se), float(estimate - lo_q * se), True)
 
 
-def mean_ci(x, level: float = 0.95, reps: int = REPS, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap-t interval of the mean of one method's seeds."""
+def mean_ci(x, level: float = 0.95, reps: int = REPS, seed: int = 0) -> Interval:
+    """95% interval of the mean of one method's seeds (bootstrap-t; see _bootstrap_t)."""
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
-        return float(x[0]), float(x[0])
+        return Interval(NAN, NAN, False)
     star = _resample(x, reps, _rng(seed))
-    if not studentized(x):
-        return _percentile(star.mean(1), level)
     se = x.std(ddof=1) / np.sqrt(len(x))
-    return _t_interval(float(x.mean()), float(se), star.mean(1), star.std(1, ddof=1) / np.sqrt(len(x)), level)
+    return _bootstrap_t(float(x.mean()), float(se), star.mean(1), star.std(1, ddof=1) / np.sqrt(len(x)), level)
 
 
-def diff_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap-t interval of mean(a) − mean(b), two independent sets of seeds (Welch's standard error)."""
+def diff_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int = 0) -> Interval:
+    """95% interval of mean(a) − mean(b), two independent sets of seeds (bootstrap-t with Welch's standard error)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    d = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
-        return d, d
+        return Interval(NAN, NAN, False)
     rng = _rng(seed)
     sa, sb = _resample(a, reps, rng), _resample(b, reps, rng)
-    if not studentized(a, b):
-        return _percentile(sa.mean(1) - sb.mean(1), level)
     se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     se_star = np.sqrt(sa.var(1, ddof=1) / len(a) + sb.var(1, ddof=1) / len(b))
-    return _t_interval(d, float(se), sa.mean(1) - sb.mean(1), se_star, level)
+    return _bootstrap_t(float(a.mean() - b.mean()), float(se), sa.mean(1) - sb.mean(1), se_star, level)
 
 
 def prob_improvement(a, b) -> float:
@@ -101,9 +97,11 @@ def prob_improvement(a, b) -> float:
     return ((a > b) + 0.5 * (a == b)).mean(axis=(-2, -1))
 
 
-def prob_improvement_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int = 0) -> tuple[float, float]:
+def prob_improvement_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int = 0) -> Interval:
     """Percentile-bootstrap interval of P(a > b), each method's seeds resampled independently."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return Interval(NAN, NAN, False)
     rng = _rng(seed)
     return _percentile(prob_improvement(_resample(a, reps, rng), _resample(b, reps, rng)), level)
 
@@ -140,10 +138,17 @@ def t_test_power(n: int, delta: float, sigma: float, alpha: float = 0.05) -> flo
 
 
 def seeds_needed(delta: float, sigma: float, power: float = 0.8, alpha: float = 0.05, most: int = 100_000) -> int | None:
-    """The fewest seeds per method at which the t-test reaches `power` (None: more than `most`)."""
+    """The fewest seeds per method at which the t-test reaches `power` (None: more than `most`). The search
+    starts from the normal approximation, which is at most a seed or two below the exact answer."""
+    if not delta > 0:
+        raise ValueError(f"the difference to detect must be > 0, got {delta}")
     if sigma == 0:
         return 2
-    n = 2
+    n = max(2, int(np.ceil(seeds_needed_normal(delta, sigma, power, alpha))))
+    if n > most:
+        return None
+    while n > 2 and t_test_power(n - 1, delta, sigma, alpha) >= power:
+        n -= 1
     while t_test_power(n, delta, sigma, alpha) < power:
         n += 1
         if n > most:

@@ -48,22 +48,25 @@ def test_statistics_by_hand(runs, tmp_path):
     assert lo < 0.1 and hi > 0.5 and hi - 0.3 == pytest.approx(0.3 - lo, abs=0.02)
     best = result["experiments"]["a"]["metrics"][TAG]["best"]
     assert best["mean"] == pytest.approx(0.6)  # each seed's best (final + 0.3) averaged
-    # AUC: each curve's mean over its points (0, final + 0.3, final); b: (2 * 0.5 + 0.3) / 3 on average
+    # AUC: the trapezoid rule over steps 0, 5, 10 (values 0, f + 0.3, f) over the span 10:
+    # ((0 + f + 0.3) / 2 × 5 + (2f + 0.3) / 2 × 5) / 10 = (3f + 0.6) / 4; b's seed 0 (f = 0.3): 0.375; b's mean (f = 0.5): 0.525
     auc = result["experiments"]["b"]["metrics"][TAG]["auc"]
-    assert auc["mean"] == pytest.approx(1.3 / 3) and auc["values"][0] == pytest.approx((0.0 + 0.6 + 0.3) / 3)
+    assert auc["mean"] == pytest.approx(0.525) and auc["values"][0] == pytest.approx(0.375)
     md = (out / "compare.md").read_text().splitlines()
     assert md[2].startswith("| experiment | metric | step | n | final mean ± std")
-    assert md[5].startswith(f"| b | {TAG} | 10 | 5 | 0.500 ± 0.158 |") and "| 0.433 [" in md[5]
+    assert md[5].startswith(f"| b | {TAG} | 10 | 5 | 0.500 ± 0.158 |") and "| 0.525 [" in md[5]
     # P(b > a): over the 25 pairs, b beats a in 18 and ties in 5 (counted 1/2): (18 + 2.5) / 25 = 0.82
     pairs = result["pairs"][TAG]
-    assert pairs["b vs a"]["p_improvement"] == pytest.approx(0.82) and pairs["a vs b"]["p_improvement"] == pytest.approx(0.18)
-    lo, hi = pairs["b vs a"]["p_improvement_ci95"]
+    assert pairs["b vs a"]["p_better"] == pytest.approx(0.82) and pairs["a vs b"]["p_better"] == pytest.approx(0.18)
+    lo, hi = pairs["b vs a"]["p_better_ci95"]
     assert lo < 0.82 < hi <= 1.0
+    assert pairs["a vs b"]["p_better_ci95"] == pytest.approx([1 - hi, 1 - lo])  # one bootstrap per pair, mirrored
     # the difference of means, 0.2, with an interval around it; a vs b is its mirror image
     assert pairs["b vs a"]["diff"] == pytest.approx(0.2) and pairs["a vs b"]["diff"] == pytest.approx(-0.2)
     lo, hi = pairs["b vs a"]["diff_ci95"]
-    assert lo < 0.2 < hi
-    assert result["aligned"][TAG] == {"step": 10, "how": "the largest step every seed logged", "longer": [], "pooled": [], "missing": []}
+    assert lo < 0.2 < hi and pairs["a vs b"]["diff_ci95"] == pytest.approx([-hi, -lo])
+    assert result["aligned"][TAG] == {"step": 10, "how": "the largest step every seed logged", "longer": [], "pooled": [],
+                                      "missing": [], "better": "higher"}
     assert "compared at step 10 (the largest step every seed logged)" in proc.stderr
     assert "UNRELIABLE" not in proc.stderr  # 5 seeds each
     rows = list(csv.DictReader((out / "compare.csv").open()))
@@ -151,10 +154,33 @@ def test_a_folder_of_experiments_is_ranked(uneven, tmp_path):
     result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     ranked = result["ranking"][TAG]
     assert [r["experiment"] for r in ranked] == ["lr=2", "lr=3", "lr=1"]
-    assert ranked[1]["gap"] == pytest.approx(0.1) and ranked[2]["p_top_better"] == pytest.approx(1.0)
+    assert ranked[1]["gap"] == pytest.approx(0.1) and ranked[2]["p_first_better"] == pytest.approx(1.0)
     assert ranked[1]["gap_ci95"][0] > 0  # 5 seeds, no overlap: the gap's interval excludes 0
     # power: every cell's seeds are 0.50..0.54 shifted, so σ = std(0, .01, .02, .03, .04) = 0.0158114;
     # δ = 0.05 is 3.16 σ: the t-test reaches 80% power at 3 seeds per method (noncentral t)
     power = result["power"][TAG]
     assert power["pooled_std"] == pytest.approx(0.0158114, abs=1e-6) and power["seeds_per_method"] == 3
     assert "ranking by" in proc.stderr and "seeds per method" in proc.stderr
+
+
+def test_lower_is_better_nan_values_and_a_single_seed(tmp_path):
+    from rlvr.compare import find_experiments, summarize
+
+    root = tmp_path / "runs"
+    for seed, (x, y) in enumerate([(0.1, 0.5), (0.2, 0.6), (0.3, float("nan"))]):
+        _write(root, "x", seed, [(0, 1.0), (10, x)], tag="loss")
+        _write(root, "y", seed, [(0, 1.0), (10, y)], tag="loss")
+    _write(root, "z", 0, [(0, 1.0), (10, 0.05)], tag="loss")
+    result = summarize(find_experiments([str(root / e) for e in "xyz"]), ["min:loss"], power=0.1)
+    # the NaN is left out and named; lower is better: x (0.2) ranks above y (0.55), z's one seed (0.05) first
+    assert result["aligned"]["loss"]["step"] == 10 and result["aligned"]["loss"]["missing"] == ["y/seed_2 (NaN/inf at step 10, left out)"]
+    assert [r["experiment"] for r in result["ranking"]["loss"]] == ["z", "x", "y"]
+    pair = result["pairs"]["loss"]["x vs y"]
+    assert pair["diff"] == pytest.approx(-0.35) and pair["p_better"] == 1.0  # P(x < y): every x seed is below every y seed
+    assert result["pairs"]["loss"]["y vs x"]["p_better"] == 0.0
+    z = result["experiments"]["z"]["metrics"]["loss"]["final"]
+    assert z["mean_ci95"] == [None, None] and result["pairs"]["loss"]["z vs x"]["diff_ci95"] == [None, None]  # one seed: no interval
+    assert result["experiments"]["x"]["metrics"]["loss"]["best"]["values"] == pytest.approx([0.1, 0.2, 0.3])  # the lowest point
+    from rlvr.compare import markdown
+
+    assert "P(row < column) on loss" in markdown(result) and "n/a" in markdown(result)

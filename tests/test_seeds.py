@@ -159,6 +159,9 @@ def test_halving_then_extend_adds_exactly_n_steps_to_culled_and_kept_seeds(tmp_p
     assert "ranked by max:reward/mean at step 2, the largest step every seed logged it" in " ".join(proc.stderr.split())
     after = {s: read_metrics(root / f"seed_{s}")[-1]["step"] for s in range(4)}
     assert after == {s: v + 2 for s, v in last_step.items()}
+    # what finishes the extension, should it stop halfway: each seed's own command, to its own target
+    plan = json.loads((root / "extend.json").read_text())
+    assert sorted(plan["resume"]) == ["0", "1", "2", "3"] and "--resume" in plan["resume"]["0"]
     for s, v in last_step.items():
         saved = load_config(root / f"seed_{s}" / "config.yaml").train
         assert (saved.steps, saved.stop_at) == ((8, v + 2) if v < 8 else (10, 0))
@@ -210,8 +213,23 @@ def test_gpu_shares():
     assert _job_env(Job("x", cfg(), 0, []), None)["CUDA_VISIBLE_DEVICES"] == ""
     assert "CUDA_VISIBLE_DEVICES" not in _job_env(Job("x", cfg("--resources.gpus", "0.5"), 0, []), None)
     check_gpus([Job("x", cfg("--resources.gpus", "0.5"), 0, [])], 1.0)
-    with pytest.raises(ValueError, match="resources.gpus is 2 per seed, but the Ray cluster has 1 GPUs"):
+    with pytest.raises(ValueError, match="resources.gpus is 2 per seed"):
         check_gpus([Job("x", cfg("--resources.gpus", "2"), 0, [])], 1.0)
+    # engine actors' GPUs count too: 0.5 for the learner and 2 × 0.5 for the engines is 1.5 per seed
+    with pytest.raises(ValueError, match=r"resources.gpus is 0.5 per seed \(and 1.5 with its engine actors' rollout.engine_gpus\)"):
+        check_gpus([Job("x", cfg("--resources.gpus", "0.5", "--rollout.num_engines", "2", "--rollout.engine_gpus", "0.5"), 0, [])], 1.0)
+
+
+def test_launcher_input_errors(tmp_path):
+    from rlvr.seeds import extend, parse_grid
+
+    assert parse_grid(["ppo.lr=1e-3,3e-3", "--algo.baseline=grpo"]) == [("ppo.lr", ["1e-3", "3e-3"]), ("algo.baseline", ["grpo"])]
+    for bad, why in ((["ppo.lr"], "cannot read 'ppo.lr'"), (["seed=0,1"], "seed is set by the sweep itself"),
+                     (["ppo.lr=1e-3,1e-3"], "lists a value twice"), (["ppo.lr=1", "ppo.lr=2"], "a field is given twice")):
+        with pytest.raises(ValueError, match=why):
+            parse_grid(bad)
+    with pytest.raises(ValueError, match="--steps must be > 0, got 0"):
+        extend(str(tmp_path), 1, "max:reward/mean", 0)
 
 
 def test_every_node_must_see_the_run_folder(tmp_path):

@@ -13,7 +13,7 @@ def coverage(interval, n: int, draws: int, rng) -> float:
     hits = 0
     for i in range(draws):
         a, b = rng.normal(0.5, 0.1, n), rng.normal(0.4, 0.1, n)
-        lo, hi = interval(a, b, i)
+        lo, hi = interval(a, b, i)[:2]
         hits += lo <= 0.1 <= hi
     return hits / draws
 
@@ -38,34 +38,37 @@ def test_mean_interval_covers_the_true_mean():
     rng, hits = np.random.default_rng(0), 0
     for i in range(400):
         x = rng.normal(0.5, 0.1, 5)
-        lo, hi = stats.mean_ci(x, reps=1000, seed=i)
+        lo, hi, _ = stats.mean_ci(x, reps=1000, seed=i)
         hits += lo <= 0.5 <= hi
     assert 0.92 <= hits / 400 <= 0.985, hits / 400
 
 
-def test_percentile_interval_where_most_seeds_are_equal():
+def test_percentile_interval_where_most_resamples_have_no_spread():
     # 1, 1, 1, 1, 0.5: a resample is all 1s with chance 0.8^5 + 0.2^5 = 0.328 > 0.2, so t* would be undefined a third
     # of the time (and the bootstrap-t interval's lower end would sit on the mean, 0.9): the percentile interval of the
     # resampled means is used, which reaches down to 0.7 (two 0.5s among five: 2.5% quantile) and up to 1
-    x = [1, 1, 1, 1, 0.5]
-    assert stats.zero_spread(x) == pytest.approx(0.328) and not stats.studentized(x)
-    assert stats.mean_ci(x) == pytest.approx((0.7, 1.0))
-    assert stats.studentized([0.1, 0.2, 0.3])  # 3 distinct values: 3 × (1/3)³ = 0.111
+    assert stats.mean_ci([1, 1, 1, 1, 0.5]) == pytest.approx((0.7, 1.0, False))
+    assert stats.mean_ci([0.1, 0.2, 0.3]).bootstrap_t  # 3 distinct values: all equal in 3 × (1/3)³ = 11% of resamples
+    # a method at its ceiling against one with a tiny spread: when the first is drawn flat (a third of the time),
+    # se* is the second's 0.0006 against se 0.1, and t* explodes (bootstrap-t gave [-26.9, 0.26] here)
+    lo, hi, bootstrap_t = stats.diff_ci([1, 1, 1, 1, 0.5], [0.800, 0.801, 0.802, 0.803, 0.804])
+    assert not bootstrap_t and -0.11 < lo < 0.098 < hi <= 0.2
+    assert stats.mean_ci([0.4]) == pytest.approx((float("nan"), float("nan"), False), nan_ok=True)  # one seed: none
 
 
 def test_interval_of_a_mean_is_that_of_a_difference_from_a_constant():
     a = np.array([0.3, 0.1, 0.45, 0.2, 0.35])
     # resampling a constant changes nothing: same t*, same interval (the same random stream draws a's resamples)
     assert stats.mean_ci(a, seed=3) == pytest.approx(stats.diff_ci(a, np.zeros(4), seed=3), abs=1e-12)
-    assert stats.mean_ci(np.full(4, 0.7)) == (0.7, 0.7)  # no spread: the interval is the point
-    assert stats.diff_ci(np.full(3, 1.0), np.full(3, 0.5)) == (0.5, 0.5)
+    assert stats.mean_ci(np.full(4, 0.7))[:2] == (0.7, 0.7)  # no spread: the interval is the point
+    assert stats.diff_ci(np.full(3, 1.0), np.full(3, 0.5))[:2] == (0.5, 0.5)
 
 
 def test_probability_of_improvement_by_hand():
     # a = (1, 2, 3), b = (2, 2): pairs a > b: 3 > 2 twice; ties: 2 = 2 twice (half each): (2 + 1) / 6 = 0.5
     assert stats.prob_improvement([1, 2, 3], [2, 2]) == pytest.approx(0.5)
     assert stats.prob_improvement([3, 4], [1, 2]) == 1.0
-    lo, hi = stats.prob_improvement_ci([3, 4], [1, 2])
+    lo, hi, _ = stats.prob_improvement_ci([3, 4], [1, 2])
     assert lo == hi == 1.0  # every resample still has a above b
 
 
@@ -73,6 +76,9 @@ def test_seeds_needed_by_hand():
     # Cohen (1988), table 2.4.1: a two-sided t-test at α = 0.05 reaches 80% power with 64 / 26 / 17 per group
     # for effect sizes d = δ/σ of 0.5 / 0.8 / 1.0
     assert [stats.seeds_needed(d * 0.1, 0.1) for d in (0.5, 0.8, 1.0)] == [64, 26, 17]
+    assert stats.seeds_needed(1e-4, 0.1) is None  # more than 100000 seeds, answered at once
+    with pytest.raises(ValueError, match="must be > 0"):
+        stats.seeds_needed(0.0, 0.1)
     # d = 1: 16 seeds are not quite enough, 17 are (power 0.7813 and 0.8070, noncentral t with df 2n − 2)
     assert stats.t_test_power(16, 0.1, 0.1) == pytest.approx(0.7813, abs=1e-3)
     assert stats.t_test_power(17, 0.1, 0.1) == pytest.approx(0.8070, abs=1e-3)
