@@ -107,12 +107,22 @@ def cmd_stage(args, overrides: list[str]) -> int:
 
 
 def cmd_recipe(args, overrides: list[str]) -> int:
+    if args.seeds:
+        from rlvr.seeds import parse_seeds
+
+        try:
+            overrides = [*overrides, "--seeds", json.dumps(parse_seeds(args.seeds))]
+        except ValueError as e:
+            return _fail(str(e))
     if (cfg := _config(args, overrides, "RecipeConfig")) is None:
         return 2
     from rlvr.stages.recipe import RecipeError, run_recipe
 
     try:
-        run_recipe(cfg, progress=not args.no_progress)
+        run_recipe(cfg, max_parallel=args.max_parallel, address=args.address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("rlvr: recipe stopped; run the same command again to resume its chains", file=sys.stderr)
+        return 130
     except RecipeError as e:
         return _fail(str(e))
     print(f"results: {cfg.run_dir / 'results.json'}, plot: {cfg.run_dir / 'stages.png'}", file=sys.stderr)
@@ -177,7 +187,7 @@ def _launch(start, again: str = "run the same command again to resume them") -> 
 
 def cmd_seeds(args, overrides: list[str]) -> int:
     from rlvr.config import ConfigError, load_config
-    from rlvr.seeds import launch, parse_seeds, seed_jobs, successive_halving
+    from rlvr.seeds import launch, parse_seeds, seed_jobs, successive_halving, write_aggregates
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -190,7 +200,10 @@ def cmd_seeds(args, overrides: list[str]) -> int:
         results, code = _launch(lambda: successive_halving(jobs, args.halving_every, args.halving_metric, args.max_parallel, args.address)[0])
     else:
         results, code = _launch(lambda: launch(jobs, max_parallel=args.max_parallel, address=args.address))
-    return code if results is None else _launched(results, cfg.name, time.perf_counter() - t)
+    if results is None:
+        return code
+    write_aggregates(jobs)
+    return _launched(results, cfg.name, time.perf_counter() - t)
 
 
 def cmd_seeds_extend(argv: list[str]) -> int:
@@ -214,7 +227,7 @@ def cmd_seeds_extend(argv: list[str]) -> int:
 
 def cmd_sweep(args, overrides: list[str]) -> int:
     from rlvr.config import ConfigError
-    from rlvr.seeds import launch, parse_grid, parse_seeds, sweep_jobs
+    from rlvr.seeds import launch, parse_grid, parse_seeds, sweep_jobs, write_aggregates
 
     try:
         root, jobs = sweep_jobs(args.config, parse_grid(args.grid), parse_seeds(args.seeds), overrides)
@@ -224,6 +237,7 @@ def cmd_sweep(args, overrides: list[str]) -> int:
     results, code = _launch(lambda: launch(jobs, max_parallel=args.max_parallel, address=args.address))
     if results is None:
         return code
+    write_aggregates(jobs)
     code = _launched(results, str(root), time.perf_counter() - t)
     print(f"compare the cells: rlvr compare {root}", file=sys.stderr)
     return code
@@ -270,9 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--config", required=True, help="stage YAML (see experiments/tiny/recipe.yaml)")
         sp.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         sp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r = sub.add_parser("recipe", help="pretrain -> sft -> dpo -> RLVR seeds -> evaluation, one command")
+    r = sub.add_parser("recipe", help="chains of pretrain -> sft -> dpo -> RLVR, one per seed, in parallel -> evaluation")
     r.add_argument("--config", required=True, help="recipe YAML (e.g. experiments/tiny/recipe.yaml)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--seeds", help="the chains, e.g. 0-4 (default: the config's seeds)")
+    r.add_argument("--max-parallel", type=int, help="chains running at once (default: all of them, the cores shared among them)")
+    r.add_argument("--address", help="join a Ray cluster (e.g. auto); default: a local cluster")
+    r.add_argument("--no-progress", action="store_true", help="no line as each chain's stage finishes")
     b = sub.add_parser("bestofn", help="best-of-n with a verifier: pass@k and maj@k of a checkpoint on a prompt set")
     b.add_argument("--config", help="YAML (e.g. experiments/tiny/bestofn.yaml); fields can also be given as flags")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")

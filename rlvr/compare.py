@@ -308,30 +308,31 @@ def curves(exp: Experiment, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(steps), np.array([[s[k] for k in steps] for s in series])
 
 
-def band(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 95% interval of the mean at each step (columns of [seeds, steps])."""
-    cis = [stats.mean_ci(vals[:, j], reps=1000) for j in range(vals.shape[1])]
+def band(vals: np.ndarray, interval=None) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% interval of the mean at each step (columns of [seeds, steps]); bootstrap-t unless `interval` is given."""
+    interval = interval or (lambda x: stats.mean_ci(x, reps=1000))
+    cis = [interval(vals[:, j]) for j in range(vals.shape[1])]
     return np.array([c[0] for c in cis]), np.array([c[1] for c in cis])
 
 
-def write_aggregate_runs(exp: Experiment, metrics_: list[str]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+def write_aggregate_runs(exp: Experiment, metrics_: list[str], interval=None) -> None:
+    """`<experiment>/aggregate/{mean,ci_low,ci_high}` (each metric under its own tag, so TensorBoard overlays them on
+    the seeds' charts) and `aggregate/band` (`band/<tag>/{mean,low,high}`, the Custom Scalars margin charts)."""
+    from rlvr.runlog import write_runs
 
-    writers = {k: SummaryWriter(str(exp.root / "aggregate" / k)) for k in ("mean", "ci_low", "ci_high")}
-    try:
-        for tag in metrics_:
-            c = curves(exp, tag)
-            if c is None:
-                continue
-            steps, vals = c
-            low, high = band(vals)
-            for j, step in enumerate(steps):
-                writers["mean"].add_scalar(tag, float(vals[:, j].mean()), int(step))
-                writers["ci_low"].add_scalar(tag, float(low[j]), int(step))
-                writers["ci_high"].add_scalar(tag, float(high[j]), int(step))
-    finally:
-        for w in writers.values():
-            w.close()
+    runs: dict[str, dict[str, list]] = {k: {} for k in ("mean", "ci_low", "ci_high", "band")}
+    for tag in metrics_:
+        c = curves(exp, tag)
+        if c is None:
+            continue
+        steps, vals = c
+        low, high = band(vals, interval)
+        mean = vals.mean(0)
+        for run, key, v in (("mean", "mean", mean), ("ci_low", "low", low), ("ci_high", "high", high)):
+            points = [(int(s), float(x)) for s, x in zip(steps, v) if np.isfinite(x)]
+            runs[run][tag] = points
+            runs["band"][f"band/{tag}/{key}"] = points
+    write_runs({exp.root / "aggregate" / k: series for k, series in runs.items()})
 
 
 def plot(experiments: dict[str, Experiment], tag: str, path: Path, at_step: int | None) -> bool:
@@ -396,8 +397,11 @@ def compare(paths: list[str], metrics_: list[str] | None, out_dir: str, at_step:
         path = out / (re.sub(r"[^\w.-]+", "_", tag) + ".png")
         if plot(experiments, tag, path, result["aligned"].get(tag, {}).get("step")):
             result["plots"].append(str(path))
+    from rlvr.runlog import HEADLINE
+
+    tags = list(dict.fromkeys([parse_metric(m)[0] for m in metrics_] + [t for ts in HEADLINE.values() for t in ts]))
     for exp in experiments.values():
-        write_aggregate_runs(exp, [parse_metric(m)[0] for m in metrics_])
+        write_aggregate_runs(exp, tags)  # the compared metrics and the headline panels' (rlvr/runlog.py)
     print_tables(result)
     return result
 

@@ -518,6 +518,7 @@ class DPOOptions:
     num_prompts: int = 1024  # on-policy: prompts sampled from data.train / the task
     pass_threshold: float = 1.0  # on-policy: `chosen` is a sample scored `ok` with a score >= this; `rejected` one scored `wrong`
     epochs: int = 1
+    nll_coef: float = 0.0  # > 0: RPO, DPO plus this times the chosen answers' per-token NLL (keeps on-policy chosen answers likely)
 
 
 @dataclass(frozen=True)
@@ -550,7 +551,7 @@ class RecipeConfig:
 
     name: str = ""
     output_dir: str = "runs"
-    seeds: tuple[int, ...] = (0, 1, 2)  # RLVR seeds
+    seeds: tuple[int, ...] = (0, 1, 2)  # the chains: each seed runs its own pretrain -> sft -> dpo -> rlvr
     model: ModelConfig = field(default_factory=ModelConfig)  # the model pretraining starts from
     pretrain: StageConfig = field(default_factory=StageConfig)
     sft: StageConfig = field(default_factory=StageConfig)

@@ -180,9 +180,10 @@ def check_gpus(jobs: list[Job], cluster_gpus: float) -> None:
     per_seed = lambda c: c.resources.gpus + c.rollout.num_engines * c.rollout.engine_gpus  # noqa: E731
     need = max(per_seed(j.cfg) for j in jobs)
     if need > cluster_gpus:
+        own = max(j.cfg.resources.gpus for j in jobs)
+        engines = f" (and {need:g} with its engine actors' rollout.engine_gpus)" if need > own else ""
         raise LaunchError(
-            f"resources.gpus is {max(j.cfg.resources.gpus for j in jobs):g} per seed (and {need:g} with its engine actors' "
-            f"rollout.engine_gpus), but the Ray cluster has {cluster_gpus:g} GPUs: no seed could start "
+            f"resources.gpus is {own:g} per seed{engines}, but the Ray cluster has {cluster_gpus:g} GPUs: no seed could start "
             "(set resources.gpus: 0 to train on CPUs, or join a cluster with GPUs with --address)"
         )
     if need == 0 and cluster_gpus > 0:
@@ -465,3 +466,16 @@ def sweep_jobs(config: str, grid: list[tuple[str, list[str]]], seeds: list[int],
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.json").write_text(json.dumps({"config": config, "overrides": overrides, "grid": dict(grid), "seeds": seeds}, indent=2))
     return root, jobs
+
+
+def write_aggregates(jobs: list[Job]) -> None:
+    """Each experiment's mean and 95% band of the headline tags as TensorBoard runs (`<experiment>/aggregate/*`),
+    as `rlvr compare` writes them, so that `tensorboard --logdir runs` draws them after a launch too."""
+    from rlvr.compare import find_experiments, write_aggregate_runs
+    from rlvr.runlog import HEADLINE
+
+    tags = [t for tags in HEADLINE.values() for t in tags]
+    for root in sorted({j.run_dir.parent for j in jobs}):
+        if any(root.glob("seed_*/events.out.tfevents.*")):
+            for exp in find_experiments([str(root)]).values():
+                write_aggregate_runs(exp, tags)

@@ -113,6 +113,18 @@ def test_tensorboard_server_sees_every_seed_and_the_aggregate(seeded, tmp_path):
         for tag in ("reward/mean", "eval/heldout/greedy_pass_rate", "policy/kl", "loss/value"):
             assert tag in tags["kinds/seed_0"]
         assert "eval/heldout/greedy_pass_rate" in tags["kinds/aggregate/mean"]
+        assert "band/reward/mean/low" in tags["kinds/aggregate/band"]
+        # the Custom Scalars tab opens on the headline panels: each run's held-out pass rates, reward and KL, and
+        # each experiment's mean with its 95% band drawn from the aggregate run (a margin chart)
+        layout = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout", timeout=10).read())
+        categories = {c["title"]: {ch["title"]: ch for ch in c["chart"]} for c in layout["category"]}
+        assert categories["rlvr: every run"]["reward"]["multiline"]["tag"] == ["^reward/mean$"]
+        margin = categories["rlvr: mean over seeds, 95% band"]["reward/mean: mean and 95% interval over seeds"]["margin"]["series"]
+        assert margin == [{"value": "band/reward/mean/mean", "lower": "band/reward/mean/low", "upper": "band/reward/mean/high"}]
+        # and the band it names is there to draw (reward/mean is logged at steps 1..6): the mean lies within it at every step
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=kinds/aggregate/band&tag="
+        series = {k: json.loads(urllib.request.urlopen(url + f"band/reward/mean/{k}", timeout=10).read()) for k in ("mean", "low", "high")}
+        assert [p[1] for p in series["mean"]] == [1, 2, 3, 4, 5, 6] and all(lo[2] <= m[2] <= hi[2] for lo, m, hi in zip(series["low"], series["mean"], series["high"]))
     finally:
         tb.terminate()
         tb.wait(timeout=10)

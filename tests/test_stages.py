@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from conftest import DATA, REPO
-from rlvr.stages.dpo import dpo_loss, sequence_logps
+from rlvr.stages.dpo import chosen_nll, dpo_loss, sequence_logps
 from rlvr.chat import IGNORE, sft_example
 
 TINY = {"tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128, "max_position_embeddings": 512}}
@@ -39,6 +40,10 @@ def test_dpo_loss_both_variants_by_hand():
     # beta scales the margin: beta 0.1 on sums with margin 2 gives log(1 + e^-0.2) = 0.598139
     loss, _ = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.1)
     assert loss.item() == pytest.approx(0.598139, abs=1e-6)
+    # RPO's NLL term: chosen answers of 2 and 3 tokens summing to -2 and -6 are -1 and -2 per token: NLL 1.5;
+    # from per-token means (DPO-norm) the lengths are already divided out
+    assert chosen_nll(torch.tensor([-2.0, -6.0]), torch.tensor([2.0, 3.0]), normalized=False).item() == pytest.approx(1.5)
+    assert chosen_nll(torch.tensor([-1.0, -2.0]), torch.tensor([2.0, 3.0]), normalized=True).item() == pytest.approx(1.5)
 
 
 def test_sft_masks_every_non_assistant_token():
@@ -207,9 +212,13 @@ def test_stage_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == "rlvr: error: unknown config key 'optim.stepz' (did you mean 'optim.steps'?)"
 
 
-def test_recipe_command_end_to_end_in_miniature(tmp_path):
-    """`rlvr recipe` with every stage cut short: runs, evaluates each stage, writes table, JSON, PNG;
-    a second call skips the finished stages."""
+def test_recipe_chains_end_to_end_in_miniature(tmp_path):
+    """`rlvr recipe` with every stage cut short, 2 chains: each chain its own pretrain -> sft -> dpo -> rlvr
+    (they differ), every stage evaluated, per-stage means and paired changes; a chain whose last stage was
+    interrupted resumes to exactly the same numbers, the finished one is skipped."""
+    from rlvr.compare import read_scalars
+    from rlvr.runlog import read_metrics
+
     cfg = yaml.safe_load((REPO / "experiments" / "tiny" / "recipe.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "runs")
     cfg["seeds"] = [0, 1]
@@ -219,7 +228,7 @@ def test_recipe_command_end_to_end_in_miniature(tmp_path):
     cfg["sft"]["optim"].update(steps=10, batch_size=8, micro_batch_size=8)
     cfg["dpo"]["dpo"].update(num_prompts=32, max_new_tokens=8)
     cfg["dpo"]["optim"].update(steps=2, batch_size=4, micro_batch_size=4)
-    cfg["rlvr"]["train"].update(steps=2, eval_every=2, checkpoint_every=2)
+    cfg["rlvr"]["train"].update(steps=4, eval_every=2, checkpoint_every=2)
     cfg["rlvr"]["rollout"].update(prompts_per_step=4, max_new_tokens=8)
     cfg["rlvr"]["data"].update(num_eval=8)
     cfg["eval"] = {"num_prompts": 16, "k": 2, "max_new_tokens": 8}
@@ -227,12 +236,28 @@ def test_recipe_command_end_to_end_in_miniature(tmp_path):
     finish(rlvr("recipe", "--config", str(path)))
     root = tmp_path / "runs" / "recipe"
     result = json.loads((root / "results.json").read_text())
-    assert list(result["stages"]) == ["pretrain", "sft", "dpo", "rlvr"]
-    assert set(result["rlvr_seeds"]) == {"rlvr_seed_0", "rlvr_seed_1"}
-    for m in result["stages"].values():
-        assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
-    seeds = [m["pass@1"] for m in result["rlvr_seeds"].values()]
-    assert result["stages"]["rlvr"]["pass@1"] == pytest.approx(sum(seeds) / len(seeds))
+    assert list(result["stages"]) == ["pretrain", "sft", "dpo", "rlvr"] and result["seeds"] == [0, 1]
+    assert list(result["changes"]) == ["pretrain -> sft", "sft -> dpo", "dpo -> rlvr"]
+    for s in ("0", "1"):
+        for m in result["chains"][s].values():
+            assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
+    # per stage: the mean over chains; per step: the within-chain differences
+    for stage in result["stages"]:
+        values = [result["chains"][s][stage]["pass@1"] for s in ("0", "1")]
+        assert result["stages"][stage]["pass@1"]["values"] == values and result["stages"][stage]["pass@1"]["mean"] == pytest.approx(sum(values) / 2)
+    diffs = [result["chains"][s]["dpo"]["pass@1"] - result["chains"][s]["sft"]["pass@1"] for s in ("0", "1")]
+    assert result["changes"]["sft -> dpo"]["pass@1"]["values"] == pytest.approx(diffs)
+    # two chains are two independent draws: their pretraining already differs
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("time/", "rollout/tokens_per_s", "data/tokens_per_s"))} for r in rows]  # noqa: E731
+    assert strip(read_metrics(root / "pretrain" / "seed_0")) != strip(read_metrics(root / "pretrain" / "seed_1"))
     assert (root / "stages.png").stat().st_size > 10_000
+    band = read_scalars(root / "heldout" / "aggregate" / "band")
+    assert [step for step, _ in band["band/heldout/pass@1/mean"]] == [0, 1, 2, 3]
+    # chain 1's RLVR stopped after its step-2 checkpoint: the recipe again resumes it to the same numbers
+    rl = root / "rlvr" / "seed_1"
+    before = strip(read_metrics(rl))
+    (rl / "summary.json").unlink()
+    shutil.rmtree(rl / "checkpoints" / "step_4")
     out = finish(rlvr("recipe", "--config", str(path)))
-    assert out.count("finished earlier, skipped") == 5
+    assert "chain 0: finished earlier, skipped" in out and "chain 1: rlvr" in out
+    assert strip(read_metrics(rl)) == before

@@ -95,3 +95,13 @@ def test_precision_by_n_from_resampled_seeds():
     assert [r["best_of_n_bias"] for r in rows] == pytest.approx([0.25, 0.375, 0.46875], abs=0.01)
     # the central 95% of the mean of N such seeds spans 0..1 up to N = 5: P(all N are 0) = 1/32 > 2.5% at N = 5
     assert [r["ci_width"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_paired_interval_by_hand():
+    # chains' SFT and DPO scores (0.5, 0.6, 0.7) -> (0.6, 0.8, 1.0): differences 0.1, 0.2, 0.3, mean 0.2, s = 0.1,
+    # se = 0.1 / √3 = 0.057735; t(0.975, df 2) = 4.302653: 0.2 ± 0.248414 = [-0.048414, 0.448414]
+    sft, dpo = np.array([0.5, 0.6, 0.7]), np.array([0.6, 0.8, 1.0])
+    assert stats.t_interval(dpo - sft) == pytest.approx((-0.048414, 0.448414), abs=1e-6)
+    # a steadier gain, differences 0.1, 0.12, 0.14 (s = 0.02): 0.12 ± 4.302653 × 0.011547 = [0.070317, 0.169683], above 0
+    assert stats.t_interval([0.1, 0.12, 0.14]) == pytest.approx((0.070317, 0.169683), abs=1e-6)
+    assert all(np.isnan(stats.t_interval([0.3])))

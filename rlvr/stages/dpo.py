@@ -65,6 +65,15 @@ def dpo_loss(
     return losses.mean(), stats
 
 
+def chosen_nll(policy_chosen_P: torch.Tensor, chosen_tokens_P: torch.Tensor, normalized: bool) -> torch.Tensor:
+    """The chosen answers' negative log-likelihood per token, averaged over P pairs: the NLL term of RPO
+    (Pang et al. 2024, eq. 1: L = L_DPO + alpha * NLL(chosen) / |chosen|). On on-policy pairs that differ in
+    a token or two, DPO alone pushes the shared tokens of both answers down with the rejected one; the
+    term keeps the chosen answer likely. `policy_chosen_P` is summed (or, `normalized`, per-token) logprob."""
+    per_token = policy_chosen_P if normalized else policy_chosen_P / chosen_tokens_P.clamp(min=1)
+    return -per_token.mean()
+
+
 def sequence_logps(logp_PT: torch.Tensor, mask_PT: torch.Tensor, normalize: bool) -> torch.Tensor:
     """Sum over response tokens of log pi, or its per-token mean (`normalize`): [P]."""
     total = (logp_PT * mask_PT).sum(1)
@@ -293,11 +302,18 @@ def train_dpo(cfg: StageConfig, resume: bool = False, progress: bool = True) -> 
             sums: dict[str, float] = {}
             for s in range(0, len(idx), micro):
                 mb = idx[s : s + micro]
-                pc, pr = trainer.call(pair_logprobs, rollouts("chosen_ids", mb), rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize, lean)
+                chosen = rollouts("chosen_ids", mb)
+                pc, pr = trainer.call(pair_logprobs, chosen, rollouts("rejected_ids", mb), tokenizer.pad_token_id, normalize, lean)
                 loss, stats = dpo_loss(pc, pr, ref["chosen_ids"][mb].to(pc.device), ref["rejected_ids"][mb].to(pc.device), cfg.dpo.beta)
+                stats["loss/dpo"] = loss.detach()
+                if cfg.dpo.nll_coef > 0:
+                    tokens = torch.tensor([len(r.completion_ids) for r in chosen], dtype=pc.dtype, device=pc.device)
+                    nll = chosen_nll(pc, tokens, normalize)
+                    loss = loss + cfg.dpo.nll_coef * nll
+                    stats["loss/nll_chosen"] = nll.detach()
                 share = len(mb) / len(idx)
                 trainer.backward(loss * share, last=s + micro >= len(idx))
-                for k, v in {"loss/dpo": loss, **stats}.items():
+                for k, v in {"loss/total": loss, **stats}.items():
                     sums[k] = sums.get(k, 0.0) + v.item() * share
             gn = trainer.step()
             done = step + 1

@@ -30,10 +30,14 @@ def evaluate_checkpoints(
     max_prompt_tokens: int = 64,
     pass_threshold: float = 1.0,
 ) -> dict[str, dict[str, float]]:
-    """{label: {"pass@1": greedy pass rate, f"pass@{k}": ..., "score": mean greedy score, per verifier ...}}."""
+    """{label: {"pass@1": greedy pass rate, f"pass@{k}": ..., "score": mean greedy score, per verifier ...}}.
+    The checkpoints share one engine, so they must share one tokenizer: one that does not is an error."""
     labels = list(checkpoints)
     first = checkpoints[labels[0]]
     tokenizer = load_tokenizer(first)
+    for label in labels[1:]:
+        if load_tokenizer(checkpoints[label]).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"{checkpoints[label]} has another tokenizer than {first}: they cannot be evaluated in one engine")
     prompt_ids = encode_prompts(rows, tokenizer, max_prompt_tokens, "eval")
     engine = make_engine(engine_kind, first, max_model_len=max_prompt_tokens + max_new_tokens, seed=seed)
     results: dict[str, dict[str, float]] = {}
