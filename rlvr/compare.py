@@ -180,19 +180,11 @@ def seed_stats(values: np.ndarray, steps: list | None = None) -> dict:
     }
 
 
-def iqm_ci(values: np.ndarray, reps: int = 2000) -> list:
-    """Percentile-bootstrap 95% interval of the IQM (rliable's stratified bootstrap; one task)."""
-    import warnings
-
-    from rliable import library as rly
-    from rliable import metrics
-
-    if len(values) < 2:
-        return [None, None]
-    # rliable 1.2 hands arch a RandomState, which arch 7.2 warns about on every call
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"arch\.")
-    _, cis = rly.get_interval_estimates({"x": values.reshape(-1, 1)}, metrics.aggregate_iqm, reps=reps, random_state=np.random.RandomState(0))
-    return [float(cis["x"][0, 0]), float(cis["x"][1, 0])]
+def iqm_ci(values: np.ndarray) -> list:
+    """Percentile-bootstrap 95% interval of the IQM (rliable's stratified bootstrap is this for one task;
+    its `library` module is not imported: it loads numba's llvmlite, whose objects break vLLM's start-up
+    scan of every module when both live in one process)."""
+    return _iv(stats.iqm_ci(values))
 
 
 def auc(points: list[tuple[int, float]]) -> float:

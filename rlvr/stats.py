@@ -106,6 +106,14 @@ def prob_improvement_ci(a, b, level: float = 0.95, reps: int = REPS, seed: int =
     return _percentile(prob_improvement(_resample(a, reps, rng), _resample(b, reps, rng)), level)
 
 
+def iqm_ci(x, level: float = 0.95, reps: int = REPS, seed: int = 0) -> Interval:
+    """Percentile-bootstrap interval of the interquartile mean (scipy's trim_mean at 25%, rliable's IQM)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return Interval(NAN, NAN, False)
+    return _percentile(sps.trim_mean(_resample(x, reps, _rng(seed)), 0.25, axis=1), level)
+
+
 def interval_note(ns: list[int]) -> str:
     """What the reader must know about the intervals of a table whose methods have `ns` seeds."""
     note = (f"95% intervals: mean and differences by {BOOTSTRAP_T}, except those marked † ({PERCENTILE}: most seeds "

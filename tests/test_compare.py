@@ -184,3 +184,13 @@ def test_lower_is_better_nan_values_and_a_single_seed(tmp_path):
     from rlvr.compare import markdown
 
     assert "P(row < column) on loss" in markdown(result) and "n/a" in markdown(result)
+
+
+def test_compare_leaves_vllm_startable_in_its_process():
+    """vLLM's in-process start-up scans every loaded module and trips over numba's llvmlite objects (which
+    rliable.library loads through arch): a comparison must not load them, so that a script (or a test
+    session) can compare and then sample."""
+    code = ("import sys, numpy as np\nfrom rlvr.compare import seed_stats, iqm_ci\nseed_stats(np.array([0.1, 0.2, 0.4]))\n"
+            "iqm_ci(np.array([0.1, 0.2, 0.4]))\nassert 'llvmlite' not in sys.modules, 'llvmlite loaded'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
