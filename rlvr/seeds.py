@@ -237,12 +237,9 @@ def launch(jobs: list[Job], max_parallel: int | None = None, address: str | None
     if not todo:
         return [results[i] for i in range(len(jobs))]
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    from rlvr.rollouts.actors import ensure_ray
+
+    ensure_ray(address)
     check_gpus([jobs[i] for i, _ in todo], ray.cluster_resources().get("GPU", 0.0))
     if address:
         roots = sorted({str(jobs[i].run_dir.parent) for i, _ in todo})

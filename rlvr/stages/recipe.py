@@ -88,19 +88,16 @@ def run_chains(cfg: RecipeConfig, max_parallel: int | None = None, address: str 
     todo = {s: c for s, c in todo.items() if c}
     if not todo:
         return {s: "" for s in cfg.seeds}
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    from rlvr.rollouts.actors import ensure_ray
+
+    ensure_ray(address)
     cpus = ray.cluster_resources().get("CPU", 1.0)
     # Every chain at once by default (a third chain waiting for a core would run alone at the end, one core
     # idle), the cores shared out among them. The thread count follows from --seeds and --max-parallel alone,
     # so a chain resumed on its own runs at the count it started with (float sums follow the thread count).
     limit = max(1, min(max_parallel or len(cfg.seeds), len(cfg.seeds)))
     threads = max(1, int(cpus // limit))
-    env = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"], "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
     task = ray.remote(num_cpus=min(threads, cpus / limit), max_retries=0)(_run_chain)
     failed, queue, running = {s: "" for s in cfg.seeds}, list(todo), {}
     finished = {s: {st for st, c in chain_configs(cfg, s).items() if (c.run_dir / "summary.json").exists()} for s in todo}
