@@ -206,6 +206,29 @@ def test_on_policy_pairs_never_reject_a_failed_check():
     assert choose_pair(group(partial, wrong), 0.5)[0].text == "0"
 
 
+def test_on_policy_pairs_take_the_likeliest_finished_answers():
+    """Of several passing (failing) samples the one with the highest summed sampler logprob; a passing
+    sample cut off at max_new_tokens is never `chosen`; `first` keeps sampling order."""
+    from rlvr.rollouts import Rollout
+    from rlvr.stages.dpo import choose_pair
+    from rlvr.verifiers import VerifierResult
+
+    ok, wrong = VerifierResult(1.0, {"status": "ok"}), VerifierResult(0.0, {"status": "wrong"})
+    samples = [  # (text, sampler logprobs, finish reason, verdict)
+        ("ok lucky", [-2.0, -3.0], "stop", ok),
+        ("ok cut off", [-0.1, -0.1], "length", ok),
+        ("wrong unlikely", [-4.0, -1.0], "stop", wrong),
+        ("ok mode", [-0.5, -1.0, -1.0], "stop", ok),
+        ("wrong likely", [-0.2, -0.3], "stop", wrong),
+    ]
+    group = [(Rollout([1], [i], text, lp, finish), v) for i, (text, lp, finish, v) in enumerate(samples)]
+    c, r = choose_pair(group, 1.0)
+    assert (c.text, r.text) == ("ok mode", "wrong likely")  # -2.5 beats -5.0; -0.5 beats -5.0
+    c, r = choose_pair(group, 1.0, "first")
+    assert (c.text, r.text) == ("ok lucky", "wrong unlikely")
+    assert choose_pair([group[1], group[2]], 1.0) is None  # the only passing answer never ended its turn
+
+
 @pytest.fixture(scope="module")
 def stop_heavy_model(hub_model_dir, tmp_path_factory):
     """The fixture with its stop tokens' output embeddings scaled up, so that every stop id is sampled often."""

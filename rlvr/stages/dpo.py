@@ -2,7 +2,7 @@
 
 On-policy pairs: the starting (SFT) policy samples `dpo.samples_per_prompt` completions per
 prompt with vLLM, the verifiers score them, and each prompt with both a passing and a failing
-completion gives one pair (the first passing, the first failing). The pairs are written to
+completion gives one pair (`dpo.choose`: the likeliest of each under the sampler, or the first). The pairs are written to
 `<run_dir>/pairs.jsonl`, and the reference (the starting policy) logprobs are computed once and
 cached in `<run_dir>/ref_logprobs.pt`, so a resumed run trains on exactly the same data.
 
@@ -173,12 +173,24 @@ def pairs_from_file(source: str, tokenizer, stop: list[int]) -> list[dict]:
     return pairs
 
 
-def choose_pair(group: list[tuple[Rollout, VerifierResult]], threshold: float) -> tuple[Rollout, Rollout] | None:
-    """(chosen, rejected) of one prompt's samples: the first scored `ok` and passing, the first
-    scored `wrong`; None unless both exist."""
-    good = next((r for r, v in group if v.status == "ok" and v.score >= threshold), None)
-    bad = next((r for r, v in group if v.status == "wrong"), None)
-    return (good, bad) if good is not None and bad is not None else None
+def choose_pair(group: list[tuple[Rollout, VerifierResult]], threshold: float, choose: str = "likeliest") -> tuple[Rollout, Rollout] | None:
+    """(chosen, rejected) of one prompt's samples, or None unless both exist. `chosen`: scored `ok` with a
+    passing score and ended on a stop token (an answer cut off at max_new_tokens is never preferred);
+    `rejected`: scored `wrong`. Of several candidates, `likeliest` takes the one with the highest summed
+    sampler logprob, `first` the first sampled.
+
+    Why the likeliest: from a policy that is still flat at temperature 1, a sample that passes is often
+    a lucky guess (the wrong person, thing and sum, the right final number), and a pair of two such
+    samples teaches noise. The likeliest passing sample is the one nearest the policy's own mode, and
+    the likeliest wrong one is the mistake greedy decoding is most apt to make: the pair targets it."""
+    good = [r for r, v in group if v.status == "ok" and v.score >= threshold and r.finish_reason == "stop"]
+    bad = [r for r, v in group if v.status == "wrong"]
+    if not good or not bad:
+        return None
+    if choose == "first":
+        return good[0], bad[0]
+    likeliest = lambda rs: max(rs, key=lambda r: sum(r.sampler_logprobs))  # noqa: E731  (the first of equals)
+    return likeliest(good), likeliest(bad)
 
 
 def pairs_on_policy(cfg: StageConfig, model_path: str, tokenizer) -> tuple[list[dict], dict[str, float]]:
@@ -208,7 +220,7 @@ def pairs_on_policy(cfg: StageConfig, model_path: str, tokenizer) -> tuple[list[
         results = pool.score([r.text for r in rollouts], [row for row in rows for _ in range(n)]).results
     pairs = []
     for i, ids in enumerate(prompt_ids):
-        pair = choose_pair(list(zip(rollouts[i * n : (i + 1) * n], results[i * n : (i + 1) * n])), o.pass_threshold)
+        pair = choose_pair(list(zip(rollouts[i * n : (i + 1) * n], results[i * n : (i + 1) * n])), o.pass_threshold, o.choose)
         if pair is not None:
             pairs.append({"prompt_ids": ids, "chosen_ids": pair[0].completion_ids, "rejected_ids": pair[1].completion_ids})
     statuses = Counter(r.status for r in results)
