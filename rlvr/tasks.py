@@ -85,8 +85,18 @@ THINGS = "apples pens cards coins books shells stamps marbles".split()
 WORDS = "river stone cloud tiger piano garden rocket candle forest mirror bridge winter".split()
 
 
+def _bucket(*parts: str) -> int:
+    return int.from_bytes(__import__("hashlib").blake2b(" ".join(parts).encode(), digest_size=4).digest(), "little") % 5
+
+
 def _held_out(*parts: str) -> bool:
-    return int.from_bytes(__import__("hashlib").blake2b(" ".join(parts).encode(), digest_size=4).digest(), "little") % 5 == 0
+    return _bucket(*parts) == 0
+
+
+def _prompt_only(*parts: str) -> bool:
+    """Constraint combinations of the training split shown as prompts only, never as demonstrations:
+    as in Tulu 3, the preference and RLVR prompts reach beyond what SFT demonstrated."""
+    return _bucket(*parts) == 1
 
 
 def world_problem(name: str, thing: str, a: int, b: int) -> tuple[str, str, int]:
@@ -149,8 +159,9 @@ def _world_rows(split: str) -> list[dict]:
                 if _held_out(thing, word, kind) != (split == "eval"):
                     continue
                 prompt, demo, truth = world_constraint(thing, word, kind)
+                shown = split == "eval" or not _prompt_only(thing, word, kind)
                 rows.append({
-                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": demo}],
+                    "messages": [{"role": "user", "content": prompt}] + [{"role": "assistant", "content": demo}] * shown,
                     "ground_truth": json.dumps(truth),
                     "verifier": "ifeval",
                 })
@@ -162,7 +173,10 @@ def world_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
     """The recipe's RLVR rows (the assistant demonstration stays in `messages`; RLVR drops it).
     A quarter are constraint prompts (the few distinct ones repeat), the rest arithmetic, in a
     seeded order; held-out rows use (name, thing) and (thing, word, kind) combinations that
-    training never shows."""
+    training never shows. A fifth of the training constraint combinations come as prompts only
+    (no assistant turn): SFT skips them, DPO and RLVR sample on them. Without them every training
+    prompt is one SFT demonstrated, a policy that memorised the word of each (thing, word) passes them
+    all, and neither DPO nor RLVR sees a prompt on which copying the requested word is what pays."""
 
     def mix(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
         arith = [r for r in rows if r["verifier"] == "gsm8k"]

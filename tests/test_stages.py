@@ -1,5 +1,6 @@
 """Upstream stages: DPO loss by hand, SFT masking, pretraining loss, each stage's CLI, resume."""
 
+import dataclasses
 import json
 import math
 import os
@@ -44,6 +45,28 @@ def test_dpo_loss_both_variants_by_hand():
     # from per-token means (DPO-norm) the lengths are already divided out
     assert chosen_nll(torch.tensor([-2.0, -6.0]), torch.tensor([2.0, 3.0]), normalized=False).item() == pytest.approx(1.5)
     assert chosen_nll(torch.tensor([-1.0, -2.0]), torch.tensor([2.0, 3.0]), normalized=True).item() == pytest.approx(1.5)
+
+
+def test_world_splits_demonstrations_prompts_and_held_out():
+    """The world's training split: constraint combinations with a demonstration (SFT's), and a fifth of them
+    as prompts only (DPO's and RLVR's); no held-out combination anywhere in training; SFT takes no
+    prompt-only row."""
+    from rlvr.stages.lm import stage_texts
+    from rlvr.config import StageConfig
+    from rlvr.tasks import _world_rows, make_task
+
+    train, heldout = _world_rows("train"), _world_rows("eval")
+    prompt = lambda r: r["messages"][0]["content"]  # noqa: E731
+    cons = [r for r in train if r["verifier"] == "ifeval"]
+    only = [r for r in cons if len(r["messages"]) == 1]
+    assert len(cons) == 154 and len(only) == 39  # 192 combinations: 38 held out, 39 prompt-only, 115 demonstrated
+    assert all(r["messages"][-1]["role"] == "assistant" for r in heldout + [r for r in train if r["verifier"] == "gsm8k"])
+    assert not {prompt(r) for r in heldout} & {prompt(r) for r in train}
+    rows, _ = make_task("world", 4000, 0, seed=3)
+    cfg = StageConfig(seed=3, data=dataclasses.replace(StageConfig().data, task="world", num_train=4000, num_eval=8))
+    chats, _, _ = stage_texts(cfg, "sft")
+    assert len(chats) == sum(len(r["messages"]) == 2 for r in rows) == 4000 - sum(len(r["messages"]) == 1 for r in rows) > 3600
+    assert not {c[0]["content"] for c in chats} & {prompt(r) for r in only}
 
 
 def test_sft_masks_every_non_assistant_token():

@@ -150,7 +150,7 @@ def stage_texts(cfg: StageConfig, mode: str) -> tuple[list, list, list[str]]:
         return train, heldout, vocab + train[:20000]
     if d.task:
         tr, ev = make_task(d.task, d.num_train, d.num_eval, seed=cfg.seed)
-        chats = [r["messages"] for r in tr]
+        chats = [r["messages"] for r in tr if r["messages"][-1]["role"] == "assistant"]  # prompt-only rows are for DPO and RLVR
         return chats, [r["messages"] for r in ev], vocab + [m["content"] for c in chats[:5000] for m in c]
     train = read_chats(d.train)
     heldout = read_chats(d.eval) if d.eval else []
