@@ -517,6 +517,7 @@ class DPOOptions:
     max_new_tokens: int = 24
     num_prompts: int = 1024  # on-policy: prompts sampled from data.train / the task
     pass_threshold: float = 1.0  # on-policy: `chosen` is a sample scored `ok` with a score >= this; `rejected` one scored `wrong`
+    chosen_must_end: bool = True  # on-policy: `chosen` only from a sample that ended its turn (not cut off at max_new_tokens)
     choose: Literal["likeliest", "first"] = "likeliest"  # on-policy: of a prompt's passing (failing) samples, the likeliest under the sampler, or the first
     epochs: int = 1
     nll_coef: float = 0.0  # > 0: RPO, DPO plus this times the chosen answers' per-token NLL (keeps on-policy chosen answers likely)

@@ -227,6 +227,7 @@ def test_on_policy_pairs_take_the_likeliest_finished_answers():
     c, r = choose_pair(group, 1.0, "first")
     assert (c.text, r.text) == ("ok lucky", "wrong unlikely")
     assert choose_pair([group[1], group[2]], 1.0) is None  # the only passing answer never ended its turn
+    assert choose_pair([group[1], group[2]], 1.0, must_end=False)[0].text == "ok cut off"
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +358,8 @@ def test_every_command_runs_on_a_hub_like_model(hub_model_dir, tmp_path):
         "dpo_file": {"model": {"name_or_path": str(out / "sft/seed_0/final")}, "data": {"train": str(root / "pairs.jsonl")},
                      "dpo": {"pairs_from": "file", "loss": "norm"}},
         "dpo_policy": {"model": {"name_or_path": str(out / "sft/seed_0/final")}, "data": {"train": str(root / "dpo_rows.jsonl"), "seq_len": 64},
-                       "dpo": {"num_prompts": 32, "samples_per_prompt": 4, "max_new_tokens": 12}, "verifier_files": [str(root / "my_verifiers.py")]},
+                       "dpo": {"num_prompts": 32, "samples_per_prompt": 4, "max_new_tokens": 12, "chosen_must_end": False},  # a 2-step model rarely ends a turn
+                       "verifier_files": [str(root / "my_verifiers.py")]},
     }
     for name, cfg in configs.items():
         (root / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **stage, **cfg}))

@@ -249,7 +249,7 @@ def test_recipe_chains_end_to_end_in_miniature(tmp_path):
     cfg["pretrain"]["optim"].update(steps=20, batch_size=8, micro_batch_size=8)
     cfg["pretrain"]["data"].update(num_train=1000, num_eval=50)
     cfg["sft"]["optim"].update(steps=10, batch_size=8, micro_batch_size=8)
-    cfg["dpo"]["dpo"].update(num_prompts=32, max_new_tokens=8)
+    cfg["dpo"]["dpo"].update(num_prompts=128, max_new_tokens=16)  # room to end a turn (an answer cut off is never chosen); 10 and 12 pairs here
     cfg["dpo"]["optim"].update(steps=2, batch_size=4, micro_batch_size=4)
     cfg["rlvr"]["train"].update(steps=4, eval_every=2, checkpoint_every=2)
     cfg["rlvr"]["rollout"].update(prompts_per_step=4, max_new_tokens=8)

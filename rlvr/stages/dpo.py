@@ -173,9 +173,12 @@ def pairs_from_file(source: str, tokenizer, stop: list[int]) -> list[dict]:
     return pairs
 
 
-def choose_pair(group: list[tuple[Rollout, VerifierResult]], threshold: float, choose: str = "likeliest") -> tuple[Rollout, Rollout] | None:
+def choose_pair(
+    group: list[tuple[Rollout, VerifierResult]], threshold: float, choose: str = "likeliest", must_end: bool = True
+) -> tuple[Rollout, Rollout] | None:
     """(chosen, rejected) of one prompt's samples, or None unless both exist. `chosen`: scored `ok` with a
-    passing score and ended on a stop token (an answer cut off at max_new_tokens is never preferred);
+    passing score and, with `must_end`, ended on a stop token (an answer cut off at max_new_tokens is not
+    preferred: DPO would teach the policy not to end its turn);
     `rejected`: scored `wrong`. Of several candidates, `likeliest` takes the one with the highest summed
     sampler logprob, `first` the first sampled.
 
@@ -183,7 +186,7 @@ def choose_pair(group: list[tuple[Rollout, VerifierResult]], threshold: float, c
     a lucky guess (the wrong person, thing and sum, the right final number), and a pair of two such
     samples teaches noise. The likeliest passing sample is the one nearest the policy's own mode, and
     the likeliest wrong one is the mistake greedy decoding is most apt to make: the pair targets it."""
-    good = [r for r, v in group if v.status == "ok" and v.score >= threshold and r.finish_reason == "stop"]
+    good = [r for r, v in group if v.status == "ok" and v.score >= threshold and (r.finish_reason == "stop" or not must_end)]
     bad = [r for r, v in group if v.status == "wrong"]
     if not good or not bad:
         return None
@@ -220,7 +223,7 @@ def pairs_on_policy(cfg: StageConfig, model_path: str, tokenizer) -> tuple[list[
         results = pool.score([r.text for r in rollouts], [row for row in rows for _ in range(n)]).results
     pairs = []
     for i, ids in enumerate(prompt_ids):
-        pair = choose_pair(list(zip(rollouts[i * n : (i + 1) * n], results[i * n : (i + 1) * n])), o.pass_threshold, o.choose)
+        pair = choose_pair(list(zip(rollouts[i * n : (i + 1) * n], results[i * n : (i + 1) * n])), o.pass_threshold, o.choose, o.chosen_must_end)
         if pair is not None:
             pairs.append({"prompt_ids": ids, "chosen_ids": pair[0].completion_ids, "rejected_ids": pair[1].completion_ids})
     statuses = Counter(r.status for r in results)
