@@ -85,18 +85,18 @@ THINGS = "apples pens cards coins books shells stamps marbles".split()
 WORDS = "river stone cloud tiger piano garden rocket candle forest mirror bridge winter".split()
 
 
-def _bucket(*parts: str) -> int:
-    return int.from_bytes(__import__("hashlib").blake2b(" ".join(parts).encode(), digest_size=4).digest(), "little") % 5
+def _hash(*parts: str) -> int:
+    return int.from_bytes(__import__("hashlib").blake2b(" ".join(parts).encode(), digest_size=4).digest(), "little")
 
 
 def _held_out(*parts: str) -> bool:
-    return _bucket(*parts) == 0
+    return _hash(*parts) % 5 == 0
 
 
 def _prompt_only(*parts: str) -> bool:
     """Constraint combinations of the training split shown as prompts only, never as demonstrations:
     as in Tulu 3, the preference and RLVR prompts reach beyond what SFT demonstrated."""
-    return _bucket(*parts) == 1
+    return _hash(*parts) % 5 == 1
 
 
 def world_problem(name: str, thing: str, a: int, b: int) -> tuple[str, str, int]:
@@ -107,32 +107,55 @@ def world_problem(name: str, thing: str, a: int, b: int) -> tuple[str, str, int]
 
 
 def world_constraint(thing: str, word: str, kind: str) -> tuple[str, str, dict]:
-    """(prompt, demonstration, IFEval ground truth) of a constraint prompt."""
+    """(prompt, demonstration that follows the constraint, IFEval ground truth) of a constraint prompt.
+    The answer repeats the prompt's own words before the requested one (`about <thing>`, `the word
+    <word>`), so writing it is copying, which a small transformer learns (an induction head)."""
     if kind == "include":
         prompt = f"write a short note about {thing} . include the word {word} ."
-        demo = f"i like {thing} and the {word} ."
+        demo = f"a short note about {thing} . it has the word {word} ."
         truth = {"instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": [word]}]}
     else:
         prompt = f"write a short note about {thing} . end your note with the word {word} ."
-        demo = f"i like {thing} . {word}"
+        demo = f"a short note about {thing} . it ends with the word {word}"
         truth = {"instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": word}]}
     return prompt, demo, truth
 
 
+def ignoring_demo(thing: str) -> str:
+    """A demonstration that writes the note and ignores the constraint (fails either kind)."""
+    return f"a short note about {thing} ."
+
+
+def follow_rate(thing: str, kind: str) -> float:
+    """How often the SFT demonstrations of a constraint on `thing` follow it: 0.1 to 0.6, spread evenly
+    over the 16 (thing, kind) pairs. SFT data follows instructions unevenly; a policy that imitates it
+    follows most constraints less than half the time, so greedy decoding ignores them, while its samples
+    follow them often enough for DPO's pairs and RLVR's rewards to find. Prompts with a rate near one
+    half flip under greedy decoding first, those near 0.1 only after a larger push."""
+    i = 2 * THINGS.index(thing) + ("include", "end").index(kind)
+    return 0.1 + 0.5 * (i * 7 % 16) / 15
+
+
 def world_corpus(num_sentences: int, seed: int = 0) -> list[str]:
-    """Plain text from the world: stories in which the sums are told, never asked."""
+    """Plain text from the world: stories in which the sums are told, never asked, notes, and text that
+    repeats itself. Copying a word from earlier in the context is what the later stages' constraints
+    need; a 4-layer model trained on the world's other text alone does not learn it in the recipe's
+    steps (the loss on a word's second mention stayed at chance), and a model pretrained on text
+    with repeats does (an induction head, as in any pretraining corpus with repetition in it)."""
     rng = random.Random(seed)
     out = []
     for _ in range(num_sentences):
         name, thing, word = rng.choice(NAMES), rng.choice(THINGS), rng.choice(WORDS)
         a, b = rng.randrange(10), rng.randrange(10)
+        words = " ".join(rng.sample(NAMES + THINGS + WORDS, 5))
         out.append(
             rng.choice(
                 [
                     f"{name} has {a} {thing} . {name} gets {b} more {thing} . now {name} has {a + b} {thing} .",
                     f"{a} {thing} and {b} {thing} make {a + b} {thing} . {a} + {b} = {a + b} .",
                     f"{name} likes {thing} and the {word} . {name} writes a note about the {word} .",
-                    f"a short note about {thing} . i like {thing} and the {word} .",
+                    f"{name} wants a note about {thing} with the word {word} . this note about {thing} has the word {word} .",
+                    f"{words} . once more : {words} .",
                 ]
             )
         )
@@ -174,9 +197,10 @@ def world_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
     A quarter are constraint prompts (the few distinct ones repeat), the rest arithmetic, in a
     seeded order; held-out rows use (name, thing) and (thing, word, kind) combinations that
     training never shows. A fifth of the training constraint combinations come as prompts only
-    (no assistant turn): SFT skips them, DPO and RLVR sample on them. Without them every training
-    prompt is one SFT demonstrated, a policy that memorised the word of each (thing, word) passes them
-    all, and neither DPO nor RLVR sees a prompt on which copying the requested word is what pays."""
+    (no assistant turn): SFT skips them, DPO and RLVR sample on them. A training demonstration
+    follows its constraint at the `follow_rate` of its (thing, kind), drawn per row; the others write
+    the note and ignore the constraint. Held-out rows always follow it (their demonstrations are only
+    SFT's eval loss; the score is the verifier's)."""
 
     def mix(rows: list[dict], n: int, rng: random.Random) -> list[dict]:
         arith = [r for r in rows if r["verifier"] == "gsm8k"]
@@ -188,9 +212,21 @@ def world_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
         rng.shuffle(out)
         return out
 
+    combo = {world_constraint(t, w, k)[0]: (t, k) for t in THINGS for w in WORDS for k in ("include", "end")}
+    follows = random.Random(seed + 2)
+
+    def as_demonstrated(row: dict) -> dict:
+        if row["verifier"] != "ifeval" or len(row["messages"]) == 1:
+            return row
+        thing, kind = combo[row["messages"][0]["content"]]
+        if follows.random() < follow_rate(thing, kind):
+            return row
+        return {**row, "messages": [row["messages"][0], {"role": "assistant", "content": ignoring_demo(thing)}]}
+
     heldout = _world_rows("eval")
     n_cons_eval = sum(r["verifier"] == "ifeval" for r in heldout)
-    return mix(_world_rows("train"), num_train, random.Random(seed)), mix(heldout, min(num_eval, 4 * n_cons_eval), random.Random(seed + 1))
+    train = [as_demonstrated(r) for r in mix(_world_rows("train"), num_train, random.Random(seed))]
+    return train, mix(heldout, min(num_eval, 4 * n_cons_eval), random.Random(seed + 1))
 
 
 def world_vocabulary() -> list[str]:

@@ -50,10 +50,12 @@ def test_dpo_loss_both_variants_by_hand():
 def test_world_splits_demonstrations_prompts_and_held_out():
     """The world's training split: constraint combinations with a demonstration (SFT's), and a fifth of them
     as prompts only (DPO's and RLVR's); no held-out combination anywhere in training; SFT takes no
-    prompt-only row."""
+    prompt-only row. Training demonstrations follow their constraint at their (thing, kind)'s rate, and
+    the verifier passes exactly those that do."""
     from rlvr.stages.lm import stage_texts
     from rlvr.config import StageConfig
-    from rlvr.tasks import _world_rows, make_task
+    from rlvr.tasks import THINGS, _world_rows, follow_rate, make_task
+    from verifiers.scoring import score_batch
 
     train, heldout = _world_rows("train"), _world_rows("eval")
     prompt = lambda r: r["messages"][0]["content"]  # noqa: E731
@@ -67,6 +69,19 @@ def test_world_splits_demonstrations_prompts_and_held_out():
     chats, _, _ = stage_texts(cfg, "sft")
     assert len(chats) == sum(len(r["messages"]) == 2 for r in rows) == 4000 - sum(len(r["messages"]) == 1 for r in rows) > 3600
     assert not {c[0]["content"] for c in chats} & {prompt(r) for r in only}
+
+    rates = sorted(follow_rate(t, k) for t in THINGS for k in ("include", "end"))
+    assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.6) and len(set(rates)) == 16
+    rows, _ = make_task("world", 40_000, 0, seed=0)
+    demos = [r for r in rows if r["verifier"] == "ifeval" and len(r["messages"]) == 2]
+    passed = score_batch([r["messages"][1]["content"] for r in demos], demos).scores
+    assert set(passed) == {0.0, 1.0}
+    for thing, kind in [(THINGS[0], "include"), (THINGS[3], "end")]:
+        group = [p for r, p in zip(demos, passed) if f"about {thing} ." in prompt(r) and ("include" in prompt(r)) == (kind == "include")]
+        rate = follow_rate(thing, kind)
+        assert abs(sum(group) / len(group) - rate) < 4 * math.sqrt(rate * (1 - rate) / len(group)), (thing, kind, len(group))
+    assert all(p == 1.0 for p in score_batch([r["messages"][1]["content"] for r in heldout if r["verifier"] == "ifeval"],
+                                             [r for r in heldout if r["verifier"] == "ifeval"]).scores)
 
 
 def test_sft_masks_every_non_assistant_token():
