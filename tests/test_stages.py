@@ -55,7 +55,7 @@ def test_world_splits_demonstrations_prompts_and_held_out():
     from rlvr.stages.lm import stage_texts
     from rlvr.config import StageConfig
     from rlvr.tasks import THINGS, _world_rows, follow_rate, make_task
-    from verifiers.scoring import score_batch
+    from rlvr.verifiers.scoring import score_batch
 
     train, heldout = _world_rows("train"), _world_rows("eval")
     prompt = lambda r: r["messages"][0]["content"]  # noqa: E731
@@ -299,3 +299,15 @@ def test_recipe_chains_end_to_end_in_miniature(tmp_path):
     out = finish(rlvr("recipe", "--config", str(path)))
     assert "chain 0: finished earlier, skipped" in out and "chain 1: rlvr" in out
     assert strip(read_metrics(rl)) == before
+
+    # scripts/stage_sweep.py: a DPO variant that only checkpoints more often is the recipe's own DPO again, from the same SFT models
+    sweep = subprocess.run([sys.executable, str(REPO / "scripts" / "stage_sweep.py"), str(root), "dpo", "--checkpoints",
+                            "--variant", "same", "--train.checkpoint_every", "1", "--train.keep_checkpoints", "2"],
+                           capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    swept = json.loads((root / "sweeps" / "dpo" / "results.json").read_text())
+    for s in ("0", "1"):
+        assert strip(read_metrics(root / "sweeps" / "dpo" / "same" / f"seed_{s}")) == strip(read_metrics(root / "dpo" / f"seed_{s}"))
+        assert list(swept["chains"][s]) == ["sft", "same@1", "same"] and swept["chains"][s]["same"]["pass@1"] == result["chains"][s]["dpo"]["pass@1"]
+    lines = {line.split()[0]: line for line in sweep.stdout.splitlines() if line.split()[:1] in (["sft"], ["same"])}
+    assert "(" not in lines["sft"] and "(" in lines["same"]  # the upstream model, then each variant's change from it

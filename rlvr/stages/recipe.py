@@ -66,6 +66,11 @@ def chain_commands(cfg: RecipeConfig, seed: int) -> list[tuple[str, list[str], s
     return out
 
 
+def chain_env(threads: int) -> dict[str, str]:
+    """The environment of a chain's stage processes: `threads` threads each, on the CPU."""
+    return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+
+
 def _run_chain(commands: list[tuple[str, list[str], str]], env: dict, cwd: str) -> tuple[str, int, str]:
     """Inside the chain's Ray task: its stages one after another; (the stage that failed or "", exit status, log tail)."""
     from rlvr.seeds import _run_seed
@@ -97,7 +102,7 @@ def run_chains(cfg: RecipeConfig, max_parallel: int | None = None, address: str 
     # so a chain resumed on its own runs at the count it started with (float sums follow the thread count).
     limit = max(1, min(max_parallel or len(cfg.seeds), len(cfg.seeds)))
     threads = max(1, int(cpus // limit))
-    env = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    env = chain_env(threads)
     task = ray.remote(num_cpus=min(threads, cpus / limit), max_retries=0)(_run_chain)
     failed, queue, running = {s: "" for s in cfg.seeds}, list(todo), {}
     finished = {s: {st for st, c in chain_configs(cfg, s).items() if (c.run_dir / "summary.json").exists()} for s in todo}
