@@ -137,11 +137,9 @@ def follow_rate(thing: str, kind: str) -> float:
 
 
 def world_corpus(num_sentences: int, seed: int = 0) -> list[str]:
-    """Plain text from the world: stories in which the sums are told, never asked, notes, and text that
-    repeats itself. Copying a word from earlier in the context is what the later stages' constraints
-    need; a 4-layer model trained on the world's other text alone does not learn it in the recipe's
-    steps (the loss on a word's second mention stayed at chance), and a model pretrained on text
-    with repeats does (an induction head, as in any pretraining corpus with repetition in it)."""
+    """Plain text from the world: stories in which the sums are told, never asked, notes that name their
+    word twice, and text that repeats itself: text from which a model learns to copy a word from earlier
+    in its context, as a constraint's answer needs (recipe.yaml's pretraining runs long enough for it)."""
     rng = random.Random(seed)
     out = []
     for _ in range(num_sentences):
