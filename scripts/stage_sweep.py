@@ -90,7 +90,8 @@ def models(cfg: RecipeConfig, stage: str, variants: dict[str, list[str]], seed: 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="then one or more: --variant NAME [--section.field value ...] (the stage command's own overrides)")
     p.add_argument("recipe", help="the recipe's run folder, e.g. runs/recipe_chatml")
     p.add_argument("stage", choices=list(COMMANDS))
     p.add_argument("--seeds", help="chains, e.g. 0-2 (default: the recipe's)")
