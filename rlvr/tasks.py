@@ -83,6 +83,7 @@ def kinds_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
 NAMES = "tom ana ben eva max mia sam zoe".split()
 THINGS = "apples pens cards coins books shells stamps marbles".split()
 WORDS = "river stone cloud tiger piano garden rocket candle forest mirror bridge winter".split()
+CONSTRAINTS = ("include", "end")  # the kinds of constraint prompt (world_constraint)
 
 
 def _hash(*parts: str) -> int:
@@ -132,7 +133,7 @@ def follow_rate(thing: str, kind: str) -> float:
     follows most constraints less than half the time, so greedy decoding ignores them, while its samples
     follow them often enough for DPO's pairs and RLVR's rewards to find. Prompts with a rate near one
     half flip under greedy decoding first, those near 0.1 only after a larger push."""
-    i = 2 * THINGS.index(thing) + ("include", "end").index(kind)
+    i = len(CONSTRAINTS) * THINGS.index(thing) + CONSTRAINTS.index(kind)
     return 0.1 + 0.5 * (i * 7 % 16) / 15
 
 
@@ -176,7 +177,7 @@ def _world_rows(split: str) -> list[dict]:
                     })
     for thing in THINGS:
         for word in WORDS:
-            for kind in ("include", "end"):
+            for kind in CONSTRAINTS:
                 if _held_out(thing, word, kind) != (split == "eval"):
                     continue
                 prompt, demo, truth = world_constraint(thing, word, kind)
@@ -210,7 +211,7 @@ def world_task(num_train: int, num_eval: int, seed: int = 0) -> tuple[list[dict]
         rng.shuffle(out)
         return out
 
-    combo = {world_constraint(t, w, k)[0]: (t, k) for t in THINGS for w in WORDS for k in ("include", "end")}
+    combo = {world_constraint(t, w, k)[0]: (t, k) for t in THINGS for w in WORDS for k in CONSTRAINTS}
     follows = random.Random(seed + 2)
 
     def as_demonstrated(row: dict) -> dict:

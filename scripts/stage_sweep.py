@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rlvr.checkpoint import latest_checkpoint
-from rlvr.config import RecipeConfig, load_config, to_yaml
+from rlvr.checkpoint import list_checkpoints
+from rlvr.config import RecipeConfig, load_config
 from rlvr.seeds import parse_seeds
-from rlvr.stages.recipe import STAGES, chain_configs, chain_env
-
-COMMANDS = {"sft": "sft", "dpo": "dpo", "rlvr": "train"}
+from rlvr.stages.recipe import STAGES, chain_configs, chain_env, evaluate_chain, final_model, heldout_rows, stage_command
 
 
 def parse_variants(rest: list[str]) -> dict[str, list[str]]:
@@ -63,14 +61,11 @@ def train(cfg: RecipeConfig, stage: str, variants: dict[str, list[str]], seeds: 
             stage_cfg = dataclasses.replace(chain_configs(cfg, s)[stage], name=name, output_dir=str(out))
             if (stage_cfg.run_dir / "summary.json").exists():
                 continue
-            path = out / "configs" / f"{name}_seed_{s}.yaml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(to_yaml(stage_cfg))
-            cmd = [sys.executable, "-m", "rlvr.cli", COMMANDS[stage], "--config", str(path), "--no-progress", *overrides]
-            cmd += ["--resume"] * (stage_cfg.run_dir / "config.yaml").exists()
+            (out / "configs").mkdir(parents=True, exist_ok=True)
+            cmd = stage_command(stage, stage_cfg, out / "configs" / f"{name}_seed_{s}.yaml") + overrides
             stage_cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(stage_cfg.run_dir / "train.log", "a")
-            procs.append((s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
+            with open(stage_cfg.run_dir / "train.log", "a") as log:
+                procs.append((s, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)))
         for s, p in procs:
             if p.wait():
                 raise SystemExit(f"{name} seed {s} failed (exit {p.returncode}); see {out / name / f'seed_{s}' / 'train.log'}")
@@ -82,10 +77,9 @@ def models(cfg: RecipeConfig, stage: str, variants: dict[str, list[str]], seed: 
     found = {upstream: chain_configs(cfg, seed)[stage].model.name_or_path}
     for name in variants:
         run = out / name / f"seed_{seed}"
-        if checkpoints:
-            steps = sorted((int(p.name.removeprefix("step_")), p) for p in (run / "checkpoints").glob("step_*"))
-            found.update({f"{name}@{step}": str(p / "policy") for step, p in steps[:-1]})  # the last one is the final model
-        found[name] = str(latest_checkpoint(run) / "policy") if stage == "rlvr" else str(run / "final")  # as the recipe evaluates RLVR
+        if checkpoints:  # the last one is the final model
+            found.update({f"{name}@{int(p.name.removeprefix('step_'))}": str(p / "policy") for p in list_checkpoints(run)[:-1]})
+        found[name] = final_model(stage, run)
     return found
 
 
@@ -93,7 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="then one or more: --variant NAME [--section.field value ...] (the stage command's own overrides)")
     p.add_argument("recipe", help="the recipe's run folder, e.g. runs/recipe_chatml")
-    p.add_argument("stage", choices=list(COMMANDS))
+    p.add_argument("stage", choices=STAGES[1:])
     p.add_argument("--seeds", help="chains, e.g. 0-2 (default: the recipe's)")
     p.add_argument("--checkpoints", action="store_true", help="also evaluate every kept checkpoint of every variant")
     args, rest = p.parse_known_args()
@@ -107,20 +101,10 @@ def main() -> None:
     out = root / "sweeps" / args.stage
     train(cfg, args.stage, variants, seeds, out)
 
-    from rlvr.data import normalize_rows
-    from rlvr.stages.evaluate import evaluate_checkpoints
     from rlvr.stats import t_interval
-    from rlvr.tasks import make_task
 
-    rl = cfg.rlvr
-    _, heldout = make_task(rl.data.task, 1, cfg.eval.num_prompts, seed=0)
-    rows = normalize_rows(heldout, "held-out")
-    results = {
-        s: evaluate_checkpoints(models(cfg, args.stage, variants, s, out, args.checkpoints), rows, k=cfg.eval.k,
-                                max_new_tokens=cfg.eval.max_new_tokens, seed=0, verify=rl.verify,
-                                verifier_files=rl.verifier_files, max_prompt_tokens=rl.data.max_prompt_tokens)
-        for s in seeds
-    }
+    rows = heldout_rows(cfg)
+    results = {s: evaluate_chain(cfg, models(cfg, args.stage, variants, s, out, args.checkpoints), rows) for s in seeds}
     (out / "results.json").write_text(json.dumps({"variants": variants, "seeds": seeds, "chains": results}, indent=2))
     labels = list(results[seeds[0]])
     metrics = ["pass@1", *sorted(m for m in results[seeds[0]][labels[0]] if m.endswith("/pass@1"))]

@@ -54,7 +54,7 @@ def test_world_splits_demonstrations_prompts_and_held_out():
     the verifier passes exactly those that do."""
     from rlvr.stages.lm import stage_texts
     from rlvr.config import StageConfig
-    from rlvr.tasks import THINGS, _world_rows, follow_rate, make_task
+    from rlvr.tasks import CONSTRAINTS, THINGS, _world_rows, follow_rate, make_task
     from rlvr.verifiers.scoring import score_batch
 
     train, heldout = _world_rows("train"), _world_rows("eval")
@@ -70,7 +70,7 @@ def test_world_splits_demonstrations_prompts_and_held_out():
     assert len(chats) == sum(len(r["messages"]) == 2 for r in rows) == 4000 - sum(len(r["messages"]) == 1 for r in rows) > 3600
     assert not {c[0]["content"] for c in chats} & {prompt(r) for r in only}
 
-    rates = sorted(follow_rate(t, k) for t in THINGS for k in ("include", "end"))
+    rates = sorted(follow_rate(t, k) for t in THINGS for k in CONSTRAINTS)
     assert rates[0] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.6) and len(set(rates)) == 16
     rows, _ = make_task("world", 40_000, 0, seed=0)
     demos = [r for r in rows if r["verifier"] == "ifeval" and len(r["messages"]) == 2]

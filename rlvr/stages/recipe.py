@@ -58,12 +58,46 @@ def chain_commands(cfg: RecipeConfig, seed: int) -> list[tuple[str, list[str], s
         run_dir = stage_cfg.run_dir
         if (run_dir / "summary.json").exists():
             continue
-        path = cfg.run_dir / "configs" / f"{stage}_seed_{seed}.yaml"
-        path.write_text(to_yaml(stage_cfg))
-        command = [sys.executable, "-m", "rlvr.cli", "train" if stage == "rlvr" else stage, "--config", str(path.resolve())]
-        command += ["--resume"] * (run_dir / "config.yaml").exists() + ["--no-progress"]  # the log is a file
+        command = stage_command(stage, stage_cfg, cfg.run_dir / "configs" / f"{stage}_seed_{seed}.yaml")
         out.append((stage, command, str(run_dir / "train.log")))
     return out
+
+
+def stage_command(stage: str, stage_cfg, path: Path) -> list[str]:
+    """Writes the stage's config to `path`; the command that runs it, or resumes it where it has begun."""
+    path.write_text(to_yaml(stage_cfg))
+    command = [sys.executable, "-m", "rlvr.cli", "train" if stage == "rlvr" else stage, "--config", str(path.resolve())]
+    return command + ["--resume"] * (stage_cfg.run_dir / "config.yaml").exists() + ["--no-progress"]  # the log is a file
+
+
+def final_model(stage: str, run_dir: Path) -> str:
+    """The model a finished stage leaves: its `final` folder; RLVR's last checkpoint's policy."""
+    return str(_last_checkpoint(run_dir) / "policy") if stage == "rlvr" else str(run_dir / "final")
+
+
+def heldout_rows(cfg: RecipeConfig) -> list[dict]:
+    """The held-out prompts every stage is evaluated on: rlvr.data.task's held-out split (its verifier files loaded)."""
+    from rlvr.data import normalize_rows
+    from rlvr.tasks import make_task
+    from rlvr.verifiers import load_verifier_file
+
+    if not cfg.rlvr.data.task:
+        raise RecipeError("the recipe evaluates on rlvr.data.task's held-out split; set rlvr.data.task")
+    for path in cfg.rlvr.verifier_files:
+        load_verifier_file(path)
+    _, heldout = make_task(cfg.rlvr.data.task, 1, cfg.eval.num_prompts, seed=0)
+    return normalize_rows(heldout, "held-out")
+
+
+def evaluate_chain(cfg: RecipeConfig, checkpoints: dict[str, str], rows: list[dict]) -> dict[str, dict]:
+    """One chain's models ({label: path}, one tokenizer) on the held-out rows, in one engine."""
+    from rlvr.stages.evaluate import evaluate_checkpoints
+
+    rl = cfg.rlvr
+    return evaluate_checkpoints(
+        checkpoints, rows, k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens, seed=0,
+        verify=rl.verify, verifier_files=rl.verifier_files, max_prompt_tokens=rl.data.max_prompt_tokens,
+    )
 
 
 def chain_env(threads: int) -> dict[str, str]:
@@ -145,31 +179,14 @@ def run_recipe(cfg: RecipeConfig, max_parallel: int | None = None, address: str 
         raise RecipeError("; ".join(f"chain {s}: {why}" for s, why in failed.items()) + "; run the recipe again to resume")
     chains_s = time.perf_counter() - t0
 
-    # held-out evaluation of every chain's every stage, one engine for all
-    from rlvr.data import normalize_rows
-    from rlvr.stages.evaluate import evaluate_checkpoints
-    from rlvr.tasks import make_task
-    from rlvr.verifiers import load_verifier_file
-
-    rl0 = cfg.rlvr
-    if not rl0.data.task:
-        raise RecipeError("the recipe evaluates on rlvr.data.task's held-out split; set rlvr.data.task")
-    for path in rl0.verifier_files:
-        load_verifier_file(path)
-    _, heldout = make_task(rl0.data.task, 1, cfg.eval.num_prompts, seed=0)
-    rows = normalize_rows(heldout, "held-out")
+    # held-out evaluation of every chain's every stage, one engine per chain (each chain pretrains its own tokenizer)
+    rows = heldout_rows(cfg)
     t = time.perf_counter()
     print(f"[recipe] evaluating {4 * len(cfg.seeds)} models on {len(rows)} held-out prompts", file=sys.stderr, flush=True)
-    chains = {}
-    for s in cfg.seeds:  # one engine per chain: each chain pretrains its own tokenizer
-        checkpoints = {
-            stage: str(_last_checkpoint(c.run_dir) / "policy") if stage == "rlvr" else str(c.run_dir / "final")
-            for stage, c in chain_configs(cfg, s).items()
-        }
-        chains[s] = evaluate_checkpoints(
-            checkpoints, rows, k=cfg.eval.k, max_new_tokens=cfg.eval.max_new_tokens, seed=0,
-            verify=rl0.verify, verifier_files=rl0.verifier_files, max_prompt_tokens=rl0.data.max_prompt_tokens,
-        )
+    chains = {
+        s: evaluate_chain(cfg, {stage: final_model(stage, c.run_dir) for stage, c in chain_configs(cfg, s).items()}, rows)
+        for s in cfg.seeds
+    }
     result = {
         "recipe": cfg.name,
         "heldout_prompts": len(rows),
